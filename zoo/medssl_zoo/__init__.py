@@ -1,0 +1,1 @@
+"""medssl model zoo: architectures, task heads, model cards and weights."""
