@@ -1,0 +1,1 @@
+"""medssl training: self-supervised pre-training recipes and fine-tuning (recipes land per seed method)."""

@@ -1,0 +1,97 @@
+"""Checkpoint directories: ``config.json`` (the card, weights sha256 included) + ``model.safetensors``.
+
+The same layout is used locally and in Hub repositories, so a directory is self-describing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from safetensors.torch import save_file
+from torch import nn
+
+from medssl_zoo.card import ModelCard, WeightsSpec
+from medssl_zoo.errors import CheckpointFormatError, MedsslError
+from medssl_zoo.registry import build_model
+from medssl_zoo.weights import CONFIG_FILE, WEIGHTS_FILE, load_weights_file, sha256_of
+
+FORMAT = "medssl-checkpoint"
+FORMAT_VERSION = 1
+
+
+def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """Write ``target`` through a temporary file in its directory, fsync, then rename over it."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        with open(temporary, "rb") as stream:
+            os.fsync(stream.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: nn.Module, card: ModelCard, directory: Path | str, overwrite: bool = False) -> ModelCard:
+    """Write ``model``'s weights and ``card`` to ``directory``; return the card with the new sha256.
+
+    Refuses to replace an existing checkpoint unless ``overwrite``; files are written atomically.
+    """
+    directory = Path(directory)
+    existing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if (directory / name).exists()]
+    if existing and not overwrite:
+        raise MedsslError(f"{directory} already holds a checkpoint ({', '.join(existing)}); choose another directory or overwrite")
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()}
+    weights_path = directory / WEIGHTS_FILE
+    _write_atomically(weights_path, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    pinned = card.with_weights(
+        WeightsSpec(
+            file=WEIGHTS_FILE,
+            sha256=sha256_of(weights_path),
+            repo_id=card.weights.repo_id,
+            revision=card.weights.revision,
+            note=card.weights.note,
+        )
+    )
+    config = {"format": FORMAT, "format_version": FORMAT_VERSION, "card": pinned.to_dict()}
+    _write_atomically(directory / CONFIG_FILE, lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
+    return pinned
+
+
+def read_checkpoint_card(directory: Path | str) -> ModelCard:
+    """The card stored in a checkpoint directory's ``config.json``."""
+    config_path = Path(directory) / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointFormatError(
+            f"{directory}: not a medssl checkpoint directory (no {CONFIG_FILE}); expected {CONFIG_FILE} + {WEIGHTS_FILE}"
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointFormatError(f"{config_path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT or "card" not in config:
+        raise CheckpointFormatError(f"{config_path}: not a {FORMAT} config (needs 'format': '{FORMAT}' and 'card')")
+    if config.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointFormatError(
+            f"{config_path}: format version {config['format_version']} is newer than this medssl "
+            f"({FORMAT_VERSION}); upgrade medssl-sdk"
+        )
+    card = ModelCard.from_dict(config["card"], str(config_path))
+    if card.weights.sha256 is None:
+        raise CheckpointFormatError(f"{config_path}: card.weights.sha256 is missing; the weights cannot be verified")
+    return card
+
+
+def load_checkpoint(directory: Path | str) -> tuple[nn.Module, ModelCard]:
+    """Build the model described by a checkpoint directory and load its verified weights strictly."""
+    directory = Path(directory)
+    card = read_checkpoint_card(directory)
+    model = build_model(card)
+    load_weights_file(model, directory / card.weights.file, card.weights.sha256, str(directory / CONFIG_FILE))
+    return model, card
