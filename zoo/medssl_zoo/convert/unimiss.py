@@ -151,6 +151,10 @@ def convert_unimiss(
         raise CheckpointFormatError(f"{checkpoint_path}: no {which!r} entry; top-level keys: {sorted(checkpoint)}")
     source = f"{checkpoint_path} [{which}]"
     backbone = _backbone(checkpoint[which], source)
+    try:
+        converted = {official_key_to_medssl(key): tensor for key, tensor in backbone.items()}
+    except CheckpointFormatError as error:
+        raise CheckpointFormatError(f"{source}: {error}") from None
     base = get_card(OFFICIAL_ARCHES[_official_arch(checkpoint, backbone, source)])
     kwargs = {**base.kwargs, **_position_overrides(checkpoint.get("args"))}
     card = ModelCard(
@@ -161,5 +165,5 @@ def convert_unimiss(
         }
     )
     model = build_model(card)
-    load_state_dict_strict(model, {official_key_to_medssl(k): v for k, v in backbone.items()}, source)
+    load_state_dict_strict(model, converted, source)
     return save_checkpoint(model, card, output_dir, overwrite=overwrite)

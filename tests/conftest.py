@@ -1,0 +1,43 @@
+"""Shared test helpers: a small MiT configuration and cards built from it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medssl_zoo.card import Intensity, InputSpec, ModelCard, WeightsSpec
+
+#: MiT at small widths (same code, a few hundred thousand parameters) for fast I/O tests.
+NANO_KWARGS = {
+    "variant": "mit7",
+    "task": "embed",
+    "encoder_dims": [16, 32, 64, 128],
+    "encoder_heads": [1, 1, 2, 4],
+    "decoder_dims": [64, 32, 16],
+    "decoder_heads": [4, 2, 1],
+    "stem_channels": 8,
+}
+
+
+def nano_card(name: str = "test-mit-nano", weights: WeightsSpec | None = None) -> ModelCard:
+    """A 2D+3D card for the nano MiT."""
+    return ModelCard(
+        name=name,
+        summary="MiT at test widths.",
+        architecture="mit",
+        kwargs=dict(NANO_KWARGS),
+        inputs={
+            "2d": InputSpec(channels=3, patch_size=(64, 64), intensity=Intensity("unit-range")),
+            "3d": InputSpec(
+                channels=1, patch_size=(16, 64, 64), spacing=(3.0, 1.0, 1.0),
+                intensity=Intensity("affine", offset=0.0, scale=1024.0),
+            ),
+        },
+        weights=weights or WeightsSpec(),
+        licence="MIT",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    torch.manual_seed(0)
