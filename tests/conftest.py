@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from medssl_zoo import registry
 from medssl_zoo.card import Intensity, InputSpec, ModelCard, WeightsSpec
 
 #: MiT at small widths (same code, a few hundred thousand parameters) for fast I/O tests.
@@ -39,5 +40,7 @@ def nano_card(name: str = "test-mit-nano", weights: WeightsSpec | None = None) -
 
 
 @pytest.fixture(autouse=True)
-def _seeded() -> None:
+def _seeded_and_isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed torch; cards a test registers are gone after it."""
     torch.manual_seed(0)
+    monkeypatch.setattr(registry, "_USER_CARDS", {})
