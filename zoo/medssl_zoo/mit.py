@@ -20,7 +20,7 @@ see docs/models/mit.md.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -267,6 +267,37 @@ class PyramidStage(nn.Module):
         return tokens, grid
 
 
+def _pyramid_stages(
+    config: MiTConfig,
+    side: Literal["encoder", "decoder"],
+    make_embed: Callable[[int, int, int], nn.Module],
+    in_dims: Sequence[int],
+    levels: Sequence[int],
+    token_in_dims: Sequence[int | None],
+) -> nn.ModuleList:
+    """The stages of one side, from the config's ``{side}_*`` fields.
+
+    ``make_embed(spatial_dims, c_in, c_out)`` builds a stage's embedding per branch; ``levels`` are the
+    encoder stages (1..4) whose grids the stages work on, for the position tables.
+    """
+    dims, depths, heads, sr_ratios = (getattr(config, f"{side}_{name}") for name in ("dims", "depths", "heads", "sr_ratios"))
+    return nn.ModuleList(
+        PyramidStage(
+            embed={branch_key(d): make_embed(d, in_dims[i], dim) for d in config.spatial_dims},
+            dim=dim,
+            depth=depths[i],
+            num_heads=heads[i],
+            sr_ratio=sr_ratios[i],
+            qkv_bias=getattr(config, f"{side}_qkv_bias"),
+            norm_eps=getattr(config, f"{side}_norm_eps"),
+            position_grids=config.position_grids(level),
+            token_in_dim=token_in_dims[i],
+            config=config,
+        )
+        for i, (dim, level) in enumerate(zip(dims, levels))
+    )
+
+
 @dataclass
 class EncoderOutput:
     """Encoder features. ``skips``: stem map and the maps of stages 1..3, finest first;
@@ -282,7 +313,6 @@ class MiTEncoder(nn.Module):
 
     def __init__(self, config: MiTConfig) -> None:
         super().__init__()
-        self.config = config
         stem_in = {2: 3, 3: 1}
         self.stem = nn.ModuleDict(
             {
@@ -292,23 +322,13 @@ class MiTEncoder(nn.Module):
         )
         self.ssl_token = nn.Parameter(torch.zeros(1, 1, config.encoder_dims[0])) if config.ssl_token else None
         in_dims = (config.stem_channels, *config.encoder_dims[:-1])
-        self.stages = nn.ModuleList(
-            PyramidStage(
-                embed={
-                    branch_key(d): ConvNormAct(d, in_dims[i], dim, kernel_size=3, stride=2, padding=1)
-                    for d in config.spatial_dims
-                },
-                dim=dim,
-                depth=config.encoder_depths[i],
-                num_heads=config.encoder_heads[i],
-                sr_ratio=config.encoder_sr_ratios[i],
-                qkv_bias=config.encoder_qkv_bias,
-                norm_eps=config.encoder_norm_eps,
-                position_grids=config.position_grids(i + 1),
-                token_in_dim=in_dims[i] if i > 0 else None,
-                config=config,
-            )
-            for i, dim in enumerate(config.encoder_dims)
+        self.stages = _pyramid_stages(
+            config,
+            "encoder",
+            lambda d, c_in, c_out: ConvNormAct(d, c_in, c_out, kernel_size=3, stride=2, padding=1),
+            in_dims=in_dims,
+            levels=range(1, len(config.encoder_dims) + 1),
+            token_in_dims=(None, *in_dims[1:]),  # stage 1 takes the SSL token as it is
         )
 
     def forward(self, x: torch.Tensor) -> EncoderOutput:
@@ -331,24 +351,13 @@ class MiTDecoder(nn.Module):
     def __init__(self, config: MiTConfig) -> None:
         super().__init__()
         in_dims = (config.encoder_dims[-1], *config.decoder_dims[:-1])
-        levels = range(len(config.encoder_dims) - 1, 0, -1)  # encoder stage whose grid each decodes to
-        self.stages = nn.ModuleList(
-            PyramidStage(
-                embed={
-                    branch_key(d): CONV_TRANSPOSE[d](in_dims[i], dim, kernel_size=2, stride=2)
-                    for d in config.spatial_dims
-                },
-                dim=dim,
-                depth=config.decoder_depths[i],
-                num_heads=config.decoder_heads[i],
-                sr_ratio=config.decoder_sr_ratios[i],
-                qkv_bias=config.decoder_qkv_bias,
-                norm_eps=config.decoder_norm_eps,
-                position_grids=config.position_grids(level),
-                token_in_dim=in_dims[i],
-                config=config,
-            )
-            for i, (dim, level) in enumerate(zip(config.decoder_dims, levels))
+        self.stages = _pyramid_stages(
+            config,
+            "decoder",
+            lambda d, c_in, c_out: CONV_TRANSPOSE[d](c_in, c_out, kernel_size=2, stride=2),
+            in_dims=in_dims,
+            levels=range(len(config.encoder_dims) - 1, 0, -1),  # each decodes to an encoder stage's grid
+            token_in_dims=in_dims,
         )
         self.norm = nn.LayerNorm(config.decoder_dims[-1], eps=config.decoder_norm_eps)
 
