@@ -46,14 +46,15 @@ def _demo(args: argparse.Namespace) -> None:
         note = "random initialisation: the published UniMiSS weights are not on the Hub yet"
         written = save_checkpoint(network, card.with_weights(WeightsSpec(note=note)), directory)
         model = load(directory, device=args.device)
-        print(f"{card.name}: {sum(p.numel() for p in model.network.parameters()) / 1e6:.2f}M parameters, {note}")
-        print(f"checkpoint written, re-loaded strictly and verified (sha256 {written.weights.sha256[:16]}...) on {model.device}")
+        say = (lambda *_: None) if args.quiet else print
+        say(f"{card.name}: {sum(p.numel() for p in model.network.parameters()) / 1e6:.2f}M parameters, {note}")
+        say(f"checkpoint written, re-loaded strictly and verified (sha256 {written.weights.sha256[:16]}...) on {model.device}")
         for shape in ((1, 1, 224, 224), (1, 1, 16, 96, 96)):
             x = torch.rand(shape)
             start = time.perf_counter()
             embedding = model(x)
             elapsed = time.perf_counter() - start
-            print(f"{len(shape) - 2}D input {tuple(shape)} -> embedding {tuple(embedding.shape)} in {elapsed * 1000:.0f} ms")
+            say(f"{len(shape) - 2}D input {tuple(shape)} -> embedding {tuple(embedding.shape)} in {elapsed * 1000:.0f} ms")
 
 
 def build_parser() -> argparse.ArgumentParser:

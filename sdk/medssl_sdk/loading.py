@@ -39,6 +39,8 @@ def load(
             f"{path} is a file; load() takes a zoo name or a checkpoint directory holding config.json and "
             "model.safetensors (convert official checkpoints with `medssl convert`)"
         )
+    elif str(name_or_path) not in list_models() and (path.is_absolute() or len(path.parts) > 1 or path.suffix):
+        raise CardError(f"{path}: no such checkpoint directory (and not a zoo name: see `medssl zoo list`)")
     else:
         card = get_card(str(name_or_path))  # an unknown name raises, naming the closest zoo entries
         network = create(card, pretrained=True, weights=weights, cache_dir=cache_dir)

@@ -7,13 +7,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from medssl_zoo import ModelCard
+from medssl_zoo import MedsslError, ModelCard
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` if given, else CUDA, then Apple MPS, then CPU."""
+    """``device`` if given (checked to exist), else CUDA, then Apple MPS, then CPU."""
     if device is not None:
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except RuntimeError as error:
+            raise MedsslError(f"unknown device {device!r} ({error}); use cuda, cuda:N, mps or cpu") from None
+        available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}
+        if chosen.type in available and not available[chosen.type]():
+            raise MedsslError(f"device {device!r} was asked for but this torch build or machine has no {chosen.type.upper()}")
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():

@@ -118,7 +118,26 @@ def test_unpublished_zoo_weights_are_a_clear_error() -> None:
         load("unimiss-mit7")
 
 
+def test_unavailable_device_is_a_one_line_cli_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medssl_sdk.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["demo", "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("medssl: error: device 'cuda' was asked for") and err.count("\n") == 1
+
+
+def test_weights_without_pretrained_is_refused(published) -> None:
+    name, _, weights = published
+    with pytest.raises(ValueError, match="only used with pretrained=True"):
+        create(name, weights=weights)
+
+
 def test_bad_names_and_paths(tmp_path: Path) -> None:
+    with pytest.raises(CardError, match="no such checkpoint directory"):
+        load(tmp_path / "typo")
     with pytest.raises(CardError, match="Did you mean unimiss-mit7"):
         load("unimiss-mt7")
     stray = tmp_path / "model.pth"

@@ -101,6 +101,20 @@ def test_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest
     assert list((tmp_path / "ckpt").iterdir()) == []
 
 
+def test_missing_weights_file_is_named(checkpoint: tuple[Path, torch.nn.Module]) -> None:
+    directory, _ = checkpoint
+    (directory / "model.safetensors").unlink()
+    with pytest.raises(CheckpointFormatError, match="model.safetensors: no such weights file"):
+        load_checkpoint(directory)
+
+
+def test_a_model_the_card_does_not_describe_is_not_saved(tmp_path: Path) -> None:
+    other = build_model(nano_card(), stem_channels=4)
+    with pytest.raises(StateDictMismatchError, match="wrong shape"):
+        save_checkpoint(other, nano_card(), tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
+
+
 def test_not_a_checkpoint_directory(tmp_path: Path) -> None:
     with pytest.raises(CheckpointFormatError, match="no config.json"):
         load_checkpoint(tmp_path)

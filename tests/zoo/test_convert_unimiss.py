@@ -17,6 +17,8 @@ from medssl_zoo import CheckpointFormatError
 from medssl_zoo.convert import convert_unimiss
 from medssl_zoo.mit import MiT, create_mit
 
+from official_reference import deterministic_tensor, reference_inputs
+
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 
 
@@ -74,6 +76,21 @@ def test_generator_writes_exactly_the_official_keys_and_shapes(official_checkpoi
     written = {k.removeprefix("module.backbone."): list(v.shape) for k, v in state.items() if ".head." not in f".{k}"}
     expected = json.loads((FIXTURES / "unimiss_official_tiny_keys.json").read_text())
     assert written == expected  # key names and shapes of the official model_tiny (both branches)
+
+
+def test_converted_weights_reproduce_the_official_network(tmp_path: Path) -> None:
+    """Outputs computed by the official code (fixture) from deterministic official-layout weights."""
+    shapes = json.loads((FIXTURES / "unimiss_official_tiny_keys.json").read_text())
+    expected = json.loads((FIXTURES / "unimiss_official_tiny_outputs.json").read_text())
+    student = {f"module.backbone.{k}": deterministic_tensor(k, shape) for k, shape in shapes.items()}
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"student": student, "args": argparse.Namespace(arch="model_tiny")}, path)
+    convert_unimiss(path, tmp_path / "out")
+    model = load(tmp_path / "out", device="cpu")
+    for branch, x in reference_inputs().items():
+        official = torch.tensor(expected[branch])
+        assert official.std() > 0.5  # a live signal, not a collapsed one
+        torch.testing.assert_close(model(x)[:, :48], official, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("which", ["student", "teacher"])

@@ -156,7 +156,59 @@ def test_bad_input_names_the_expected_shape(shape: tuple[int, ...], expected: st
     assert expected in str(error.value)
 
 
+@pytest.mark.parametrize(
+    "shape, expected",
+    [
+        ((1, 1, 32, 32), "at least 2 positions at that stride (e.g. (32, 64))"),
+        ((1, 1, 16, 32, 32), "at least 2 positions at that stride (e.g. (16, 32, 64))"),
+        ((0, 1, 64, 64), "empty batch"),
+    ],
+)
+def test_too_small_or_empty_input(shape: tuple[int, ...], expected: str) -> None:
+    with pytest.raises(ValueError) as error:
+        create_mit("mit7")(torch.randn(shape))
+    assert expected in str(error.value)
+
+
+def test_smallest_inputs_run() -> None:
+    model = create_mit("mit7", task="segment", num_classes=2).eval()
+    with torch.inference_mode():
+        assert model(torch.randn(1, 1, 32, 64)).shape == (1, 2, 32, 64)
+        assert model(torch.randn(1, 1, 16, 32, 64)).shape == (1, 2, 16, 32, 64)
+
+
+def test_dtype_mismatch_is_explained() -> None:
+    with pytest.raises(ValueError, match="dtype torch.float64 but the model's weights are torch.float32"):
+        create_mit("mit7")(torch.randn(1, 1, 64, 64, dtype=torch.float64))
+
+
+def test_batched_segmentation_is_per_sample() -> None:
+    model = create_mit("mit7", task="segment", num_classes=3).eval()
+    x = torch.randn(3, 1, 16, 64, 64)
+    with torch.inference_mode():
+        batched = model(x)
+        single = torch.cat([model(x[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("task, num_classes", [("embed", None), ("classify", 5)])
+def test_models_without_ssl_token_or_3d_branch(task: str, num_classes: int | None) -> None:
+    model = create_mit("mit7", task=task, num_classes=num_classes, ssl_token=False, spatial_dims=(2,)).eval()
+    assert not any(".3d" in name for name, _ in model.named_parameters())
+    with torch.inference_mode():
+        out = model(torch.randn(2, 3, 64, 96))
+    assert out.shape == (2, num_classes or model.embedding_dim)
+    assert model.embedding_dim == 512
+
+
+def test_bad_config_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"encoder_depths needs 4 values"):
+        create_mit("mit7", encoder_depths=(1, 1, 1))
+    with pytest.raises(ValueError, match="num_classes must be at least 1"):
+        create_mit("mit7", task="segment", num_classes=0)
+
+
 def test_missing_branch_is_a_clear_error() -> None:
     model = create_mit("mit7", spatial_dims=(3,))
-    with pytest.raises(ValueError, match="built without its 2D branch"):
+    with pytest.raises(ValueError, match="built without its 2D branch; it takes 3D input"):
         model(torch.randn(1, 3, 64, 64))

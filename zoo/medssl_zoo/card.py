@@ -177,24 +177,33 @@ class _Reader:
         kind = self.get(intensity, "kind", str, f"{where}.intensity.kind")
         if kind not in INTENSITY_KINDS:
             self.fail(f"{where}.intensity.kind", f"must be one of {INTENSITY_KINDS}; got {kind!r}")
-        clip = self.get(intensity, "clip", list, f"{where}.intensity.clip", None)
         dims = int(branch[0]) if branch in BRANCHES else 0
-        patch = self.get(raw, "patch_size", list, f"{where}.patch_size")
-        spacing = self.get(raw, "spacing", list, f"{where}.spacing", None)
-        for name, values in (("patch_size", patch), ("spacing", spacing)):
-            if values is not None and dims and len(values) != dims:
-                self.fail(f"{where}.{name}", f"needs {dims} values for a {branch} input; got {values}")
+        clip = self.numbers(intensity, "clip", f"{where}.intensity.clip", 2, float)
+        patch = self.numbers(raw, "patch_size", f"{where}.patch_size", dims, int, required=True)
+        spacing = self.numbers(raw, "spacing", f"{where}.spacing", dims, float)
         return InputSpec(
             channels=self.get(raw, "channels", int, f"{where}.channels"),
-            patch_size=tuple(patch),
+            patch_size=patch,
             intensity=Intensity(
                 kind=kind,
-                clip=tuple(clip) if clip is not None else None,
+                clip=clip,
                 offset=float(self.get(intensity, "offset", (int, float), f"{where}.intensity.offset", 0.0)),
                 scale=float(self.get(intensity, "scale", (int, float), f"{where}.intensity.scale", 1.0)),
             ),
-            spacing=tuple(float(s) for s in spacing) if spacing is not None else None,
+            spacing=spacing,
         )
+
+    def numbers(
+        self, mapping: Mapping[str, Any], key: str, where: str, count: int, kind: type, required: bool = False
+    ) -> tuple | None:
+        """A list of ``count`` numbers (ints for ``kind=int``), as a tuple; None if absent and optional."""
+        values = self.get(mapping, key, list, where, ... if required else None)
+        if values is None:
+            return None
+        allowed = int if kind is int else (int, float)
+        if (count and len(values) != count) or not all(isinstance(v, allowed) and not isinstance(v, bool) for v in values):
+            self.fail(where, f"must be {count} {'integers' if kind is int else 'numbers'}; got {values!r}")
+        return tuple(kind(v) for v in values)
 
     def label(self, position: int, raw: Any) -> Label:
         where = f"labels[{position}]"

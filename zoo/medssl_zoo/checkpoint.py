@@ -17,7 +17,7 @@ from torch import nn
 from medssl_zoo.card import ModelCard, WeightsSpec
 from medssl_zoo.errors import CheckpointFormatError, MedsslError
 from medssl_zoo.registry import build_model
-from medssl_zoo.weights import CONFIG_FILE, WEIGHTS_FILE, load_weights_file, sha256_of
+from medssl_zoo.weights import CONFIG_FILE, WEIGHTS_FILE, load_state_dict_strict, load_weights_file, sha256_of
 
 FORMAT = "medssl-checkpoint"
 FORMAT_VERSION = 1
@@ -40,14 +40,16 @@ def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
 def save_checkpoint(model: nn.Module, card: ModelCard, directory: Path | str, overwrite: bool = False) -> ModelCard:
     """Write ``model``'s weights and ``card`` to ``directory``; return the card with the new sha256.
 
-    Refuses to replace an existing checkpoint unless ``overwrite``; files are written atomically.
+    Refuses to replace an existing checkpoint unless ``overwrite``, and a model that the card does not
+    describe (it would not load back); files are written atomically.
     """
     directory = Path(directory)
+    state = {key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()}
+    load_state_dict_strict(build_model(card), state, f"the model saved as {card.name!r}")
     existing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if (directory / name).exists()]
     if existing and not overwrite:
         raise MedsslError(f"{directory} already holds a checkpoint ({', '.join(existing)}); choose another directory or overwrite")
     directory.mkdir(parents=True, exist_ok=True)
-    state = {key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()}
     weights_path = directory / WEIGHTS_FILE
     _write_atomically(weights_path, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
     pinned = card.with_weights(
@@ -75,9 +77,11 @@ def read_checkpoint_card(directory: Path | str) -> ModelCard:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointFormatError(f"{config_path}: not valid JSON ({error})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT or "card" not in config:
-        raise CheckpointFormatError(f"{config_path}: not a {FORMAT} config (needs 'format': '{FORMAT}' and 'card')")
-    if config.get("format_version", 0) > FORMAT_VERSION:
+    if not isinstance(config, dict) or config.get("format") != FORMAT or not isinstance(config.get("card"), dict):
+        raise CheckpointFormatError(f"{config_path}: not a {FORMAT} config (needs 'format': '{FORMAT}' and a 'card' object)")
+    if not isinstance(config.get("format_version"), int):
+        raise CheckpointFormatError(f"{config_path}: 'format_version' must be an integer")
+    if config["format_version"] > FORMAT_VERSION:
         raise CheckpointFormatError(
             f"{config_path}: format version {config['format_version']} is newer than this medssl "
             f"({FORMAT_VERSION}); upgrade medssl-sdk"

@@ -75,6 +75,11 @@ class MiTConfig:
             )
         if not set(self.spatial_dims) <= {2, 3} or not self.spatial_dims:
             raise ValueError(f"spatial_dims must be (2,), (3,) or (2, 3); got {self.spatial_dims}")
+        for side, stages in (("encoder", 4), ("decoder", 3)):
+            for name in ("depths", "heads", "sr_ratios"):
+                values = getattr(self, f"{side}_{name}")
+                if len(values) != stages:
+                    raise ValueError(f"{side}_{name} needs {stages} values (one per stage); got {values}")
 
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, object]) -> MiTConfig:
@@ -269,18 +274,19 @@ class PyramidStage(nn.Module):
 
 def _pyramid_stages(
     config: MiTConfig,
-    side: Literal["encoder", "decoder"],
     make_embed: Callable[[int, int, int], nn.Module],
+    dims: Sequence[int],
+    depths: Sequence[int],
+    heads: Sequence[int],
+    sr_ratios: Sequence[int],
+    qkv_bias: bool,
+    norm_eps: float,
     in_dims: Sequence[int],
     levels: Sequence[int],
     token_in_dims: Sequence[int | None],
 ) -> nn.ModuleList:
-    """The stages of one side, from the config's ``{side}_*`` fields.
-
-    ``make_embed(spatial_dims, c_in, c_out)`` builds a stage's embedding per branch; ``levels`` are the
-    encoder stages (1..4) whose grids the stages work on, for the position tables.
-    """
-    dims, depths, heads, sr_ratios = (getattr(config, f"{side}_{name}") for name in ("dims", "depths", "heads", "sr_ratios"))
+    """One side's stages. ``make_embed(spatial_dims, c_in, c_out)`` builds a stage's embedding per
+    branch; ``levels`` are the encoder stages (1..4) whose grids the stages work on (position tables)."""
     return nn.ModuleList(
         PyramidStage(
             embed={branch_key(d): make_embed(d, in_dims[i], dim) for d in config.spatial_dims},
@@ -288,8 +294,8 @@ def _pyramid_stages(
             depth=depths[i],
             num_heads=heads[i],
             sr_ratio=sr_ratios[i],
-            qkv_bias=getattr(config, f"{side}_qkv_bias"),
-            norm_eps=getattr(config, f"{side}_norm_eps"),
+            qkv_bias=qkv_bias,
+            norm_eps=norm_eps,
             position_grids=config.position_grids(level),
             token_in_dim=token_in_dims[i],
             config=config,
@@ -324,8 +330,9 @@ class MiTEncoder(nn.Module):
         in_dims = (config.stem_channels, *config.encoder_dims[:-1])
         self.stages = _pyramid_stages(
             config,
-            "encoder",
             lambda d, c_in, c_out: ConvNormAct(d, c_in, c_out, kernel_size=3, stride=2, padding=1),
+            config.encoder_dims, config.encoder_depths, config.encoder_heads, config.encoder_sr_ratios,
+            config.encoder_qkv_bias, config.encoder_norm_eps,
             in_dims=in_dims,
             levels=range(1, len(config.encoder_dims) + 1),
             token_in_dims=(None, *in_dims[1:]),  # stage 1 takes the SSL token as it is
@@ -334,7 +341,7 @@ class MiTEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> EncoderOutput:
         fmap = self.stem[branch_key(x.ndim - 2)](x)
         skips = [fmap]
-        token = self.ssl_token.expand(x.shape[0], -1, -1)[:, 0] if self.ssl_token is not None else None
+        token = self.ssl_token[:, 0].expand(x.shape[0], -1) if self.ssl_token is not None else None
         for stage in self.stages[:-1]:
             fmap, token = split_tokens(*stage.tokens(fmap, token), stage.num_prefix)
             skips.append(fmap)
@@ -353,8 +360,9 @@ class MiTDecoder(nn.Module):
         in_dims = (config.encoder_dims[-1], *config.decoder_dims[:-1])
         self.stages = _pyramid_stages(
             config,
-            "decoder",
             lambda d, c_in, c_out: CONV_TRANSPOSE[d](c_in, c_out, kernel_size=2, stride=2),
+            config.decoder_dims, config.decoder_depths, config.decoder_heads, config.decoder_sr_ratios,
+            config.decoder_qkv_bias, config.decoder_norm_eps,
             in_dims=in_dims,
             levels=range(len(config.encoder_dims) - 1, 0, -1),  # each decodes to an encoder stage's grid
             token_in_dims=in_dims,
@@ -391,6 +399,8 @@ class MiT(nn.Module):
             raise ValueError(f"task must be 'embed', 'segment' or 'classify'; got {task!r}")
         if (task == "embed") != (num_classes is None):
             raise ValueError(f"task {task!r} " + ("takes no num_classes" if task == "embed" else "needs num_classes"))
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1; got {num_classes}")
         self.task = task
         self.encoder = MiTEncoder(config)
         self.decoder = MiTDecoder(config) if task != "classify" else None
@@ -434,16 +444,28 @@ class MiT(nn.Module):
         dims = x.ndim - 2
         expected = "(B, 1 or 3, H, W)" if dims == 2 else "(B, 1, D, H, W)"
         if dims not in self.config.spatial_dims:
-            raise ValueError(f"this MiT was built without its {dims}D branch; it takes {self.config.spatial_dims}D input")
+            built = " and ".join(f"{d}D" for d in self.config.spatial_dims)
+            raise ValueError(f"this MiT was built without its {dims}D branch; it takes {built} input")
+        if x.shape[0] == 0:
+            raise ValueError(f"MiT got an empty batch: {tuple(x.shape)}")
+        weight_dtype = self.encoder.stem[branch_key(dims)].conv.weight.dtype
+        if x.dtype != weight_dtype:
+            raise ValueError(
+                f"MiT input has dtype {x.dtype} but the model's weights are {weight_dtype}; "
+                f"convert with x.to({weight_dtype}) (or the model with .to(dtype))"
+            )
         if x.shape[1] not in ((1, 3) if dims == 2 else (1,)):
             raise ValueError(f"MiT {dims}D input must be {expected}; got {x.shape[1]} channels in {tuple(x.shape)}")
         multiple = self.config.input_multiple(dims)
         spatial = tuple(x.shape[2:])
-        if any(s == 0 or s % m for s, m in zip(spatial, multiple)):
+        deepest = self.config.token_grid(spatial, len(self.config.encoder_dims))
+        if any(s == 0 or s % m for s, m in zip(spatial, multiple)) or math.prod(deepest) < 2:
             names = "H, W" if dims == 2 else "D, H, W"
             raise ValueError(
                 f"MiT {dims}D input must be {expected} with ({names}) positive multiples of {multiple} "
-                f"(the network's total stride); got {tuple(x.shape)}. Pad or crop the image first."
+                f"(the network's total stride), large enough for at least 2 positions at that stride "
+                f"(e.g. {tuple(m * (1 + (i == dims - 1)) for i, m in enumerate(multiple))}); "
+                f"got {tuple(x.shape)}. Pad or crop the image first."
             )
         if dims == 2 and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)

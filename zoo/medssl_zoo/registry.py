@@ -17,7 +17,8 @@ from medssl_zoo.errors import CardError
 from medssl_zoo.mit import create_mit
 from medssl_zoo.weights import load_weights_file, resolve_weights
 
-#: Architecture name (a card's ``architecture.name``) -> builder taking the card's kwargs.
+#: Architecture name (a card's ``architecture.name``) -> builder. A builder takes the card's kwargs and
+#: ``spatial_dims`` (the card's input branches, e.g. (2, 3)) and returns an ``nn.Module``.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mit": create_mit}
 
 _USER_CARDS: dict[str, ModelCard] = {}
@@ -59,21 +60,25 @@ def register_card(card: ModelCard | Path | str, replace: bool = False) -> ModelC
         card = ModelCard.from_toml(Path(card))
     if card.name in _cards() and not replace:
         raise CardError(f"a zoo entry named {card.name!r} exists; pass replace=True to shadow it")
-    if card.architecture not in ARCHITECTURES:
-        raise CardError(f"card {card.name!r}: unknown architecture {card.architecture!r}; known: {sorted(ARCHITECTURES)}")
+    _builder(card)
     _USER_CARDS[card.name] = card
     return card
 
 
-def build_model(card: ModelCard, **overrides: object) -> nn.Module:
-    """Build the card's architecture with random weights; ``overrides`` replace card kwargs."""
+def _builder(card: ModelCard) -> Callable[..., nn.Module]:
     if card.architecture not in ARCHITECTURES:
         raise CardError(f"card {card.name!r}: unknown architecture {card.architecture!r}; known: {sorted(ARCHITECTURES)}")
+    return ARCHITECTURES[card.architecture]
+
+
+def build_model(card: ModelCard, **overrides: object) -> nn.Module:
+    """Build the card's architecture with random weights; ``overrides`` replace card kwargs."""
+    builder = _builder(card)
     kwargs = {**card.kwargs, **overrides}
     if "spatial_dims" not in kwargs:
         kwargs["spatial_dims"] = card.spatial_dims
     try:
-        return ARCHITECTURES[card.architecture](**kwargs)
+        return builder(**kwargs)
     except (TypeError, ValueError) as error:
         raise CardError(f"card {card.name!r}: cannot build {card.architecture!r} with {kwargs}: {error}") from None
 
@@ -97,6 +102,8 @@ def create(
         overrides: replace architecture kwargs of the card.
     """
     card = get_card(card_or_name) if isinstance(card_or_name, str) else card_or_name
+    if weights is not None and not pretrained:
+        raise ValueError("weights= is only used with pretrained=True")
     model = build_model(card, **overrides)
     if pretrained:
         path = resolve_weights(card, Path(weights) if weights else None, Path(cache_dir) if cache_dir else None)

@@ -89,6 +89,8 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
 
 def load_weights_file(model: nn.Module, path: Path, sha256: str, what: str) -> None:
     """Verify ``path`` against ``sha256`` (pinned by ``what``) and load it strictly into ``model``."""
+    if not Path(path).is_file():
+        raise CheckpointFormatError(f"{path}: no such weights file (expected by {what})")
     verify_sha256(path, sha256, what)
     load_state_dict_strict(model, read_safetensors(path), str(path))
 

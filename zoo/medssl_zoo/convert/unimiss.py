@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
+from dataclasses import replace
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def _position_overrides(args: object) -> dict[str, tuple[int, ...]]:
     if size_2d is not None:
         overrides["position_size_2d"] = (int(size_2d),) * 2 if isinstance(size_2d, int) else tuple(size_2d)
     if size_3d is not None:
-        overrides["position_size_3d"] = tuple(int(s) for s in size_3d)
+        overrides["position_size_3d"] = (int(size_3d),) * 3 if isinstance(size_3d, int) else tuple(size_3d)
     return overrides
 
 
@@ -142,7 +143,8 @@ def convert_unimiss(
 ) -> ModelCard:
     """Convert the student (default) or teacher of an official checkpoint; return the written card.
 
-    The result loads with ``medssl_sdk.load(output_dir)`` and gives the official network's outputs.
+    The result loads with ``medssl_sdk.load(output_dir)``; the first 48 values of its embedding are the
+    official network's output (the decoder's normed SSL token), the rest the pooled deepest tokens.
     """
     checkpoint_path = Path(checkpoint_path)
     which = "teacher" if teacher else "student"
@@ -157,13 +159,8 @@ def convert_unimiss(
         raise CheckpointFormatError(f"{source}: {error}") from None
     base = get_card(OFFICIAL_ARCHES[_official_arch(checkpoint, backbone, source)])
     kwargs = {**base.kwargs, **_position_overrides(checkpoint.get("args"))}
-    card = ModelCard(
-        **{
-            **base.__dict__,
-            "kwargs": kwargs,
-            "weights": WeightsSpec(note=f"converted from {checkpoint_path.name} ({which}), sha256 {sha256_of(checkpoint_path)}"),
-        }
-    )
+    note = f"converted from {checkpoint_path.name} ({which}), sha256 {sha256_of(checkpoint_path)}"
+    card = replace(base, kwargs=kwargs, weights=WeightsSpec(note=note))
     model = build_model(card)
     load_state_dict_strict(model, converted, source)
     return save_checkpoint(model, card, output_dir, overwrite=overwrite)
