@@ -30,16 +30,17 @@ def load(
     Every weights file is checked against its pinned sha256 and loaded strictly.
     """
     path = Path(name_or_path)
+    is_zoo_name = str(name_or_path) in list_models()
     if path.is_dir():
         if weights is not None:
             raise ValueError(f"{path} is a checkpoint directory; 'weights' applies to zoo names only")
         network, card = load_checkpoint(path)
-    elif path.is_file() and str(name_or_path) not in list_models():
+    elif path.is_file() and not is_zoo_name:
         raise CardError(
             f"{path} is a file; load() takes a zoo name or a checkpoint directory holding config.json and "
             "model.safetensors (convert official checkpoints with `medssl convert`)"
         )
-    elif str(name_or_path) not in list_models() and (path.is_absolute() or len(path.parts) > 1 or path.suffix):
+    elif not is_zoo_name and (path.is_absolute() or len(path.parts) > 1 or path.suffix):
         raise CardError(f"{path}: no such checkpoint directory (and not a zoo name: see `medssl zoo list`)")
     else:
         card = get_card(str(name_or_path))  # an unknown name raises, naming the closest zoo entries

@@ -9,15 +9,18 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from safetensors.torch import save_file
 from torch import nn
 
-from medssl_zoo.card import ModelCard, WeightsSpec
+from medssl_zoo.card import ModelCard
 from medssl_zoo.errors import CheckpointFormatError, MedsslError
 from medssl_zoo.registry import build_model
-from medssl_zoo.weights import CONFIG_FILE, WEIGHTS_FILE, load_state_dict_strict, load_weights_file, sha256_of
+from medssl_zoo.weights import CONFIG_FILE, WEIGHTS_FILE, check_state_dict, load_weights_file, sha256_of
 
 FORMAT = "medssl-checkpoint"
 FORMAT_VERSION = 1
@@ -45,22 +48,16 @@ def save_checkpoint(model: nn.Module, card: ModelCard, directory: Path | str, ov
     """
     directory = Path(directory)
     state = {key: tensor.detach().cpu().contiguous() for key, tensor in model.state_dict().items()}
-    load_state_dict_strict(build_model(card), state, f"the model saved as {card.name!r}")
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        described = build_model(card)
+    check_state_dict(described, state, f"the model saved as {card.name!r}")
     existing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if (directory / name).exists()]
     if existing and not overwrite:
         raise MedsslError(f"{directory} already holds a checkpoint ({', '.join(existing)}); choose another directory or overwrite")
     directory.mkdir(parents=True, exist_ok=True)
     weights_path = directory / WEIGHTS_FILE
     _write_atomically(weights_path, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
-    pinned = card.with_weights(
-        WeightsSpec(
-            file=WEIGHTS_FILE,
-            sha256=sha256_of(weights_path),
-            repo_id=card.weights.repo_id,
-            revision=card.weights.revision,
-            note=card.weights.note,
-        )
-    )
+    pinned = card.with_weights(replace(card.weights, file=WEIGHTS_FILE, sha256=sha256_of(weights_path)))
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "card": pinned.to_dict()}
     _write_atomically(directory / CONFIG_FILE, lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
     return pinned

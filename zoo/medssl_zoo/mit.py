@@ -84,7 +84,7 @@ class MiTConfig:
     @classmethod
     def from_kwargs(cls, kwargs: Mapping[str, object]) -> MiTConfig:
         """Build from JSON/TOML values (lists become tuples); unknown names are an error."""
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(f"unknown MiT config field(s) {unknown}; known: {sorted(known)}")
@@ -237,7 +237,7 @@ class PyramidStage(nn.Module):
         self.position_grids = dict(position_grids)
         self.pos = nn.ParameterDict(
             {
-                key: nn.Parameter(torch.zeros(1, self.num_prefix + math.prod(grid), dim))
+                key: _truncated_normal(1, self.num_prefix + math.prod(grid), dim)
                 for key, grid in position_grids.items()
             }
         )
@@ -326,7 +326,7 @@ class MiTEncoder(nn.Module):
                 for d in config.spatial_dims
             }
         )
-        self.ssl_token = nn.Parameter(torch.zeros(1, 1, config.encoder_dims[0])) if config.ssl_token else None
+        self.ssl_token = _truncated_normal(1, 1, config.encoder_dims[0]) if config.ssl_token else None
         in_dims = (config.stem_channels, *config.encoder_dims[:-1])
         self.stages = _pyramid_stages(
             config,
@@ -417,14 +417,6 @@ class MiT(nn.Module):
         if task == "classify":
             self.cls_head = TokenClassificationHead(config.encoder_dims[-1], num_classes, config.encoder_norm_eps)
         self.apply(_init_weights)
-        for param in self._positions_and_token():
-            nn.init.trunc_normal_(param, std=0.02)
-
-    def _positions_and_token(self) -> list[nn.Parameter]:
-        """The learned positional tables and the SSL token (initialised N(0, 0.02) truncated)."""
-        stages = [*self.encoder.stages, *(self.decoder.stages if self.decoder is not None else [])]
-        params = [p for stage in stages for p in stage.pos.values()]
-        return params + ([self.encoder.ssl_token] if self.encoder.ssl_token is not None else [])
 
     @property
     def embedding_dim(self) -> int:
@@ -507,6 +499,11 @@ class MiT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return {"embed": self.embed, "segment": self.segment, "classify": self.classify}[self.task](x)
+
+
+def _truncated_normal(*shape: int) -> nn.Parameter:
+    """A learned table (positions, SSL token) initialised N(0, 0.02), truncated, as the official code."""
+    return nn.Parameter(nn.init.trunc_normal_(torch.empty(shape), std=0.02))
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -61,11 +61,9 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointFormatError(f"{path}: not a readable safetensors file ({error})") from None
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load every tensor of ``model`` from ``state_dict``: nothing missing, nothing extra, same shapes.
-
-    Raises :class:`StateDictMismatchError` naming the missing, unexpected and mis-shaped keys.
-    """
+def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`StateDictMismatchError` unless ``state_dict`` has exactly ``model``'s keys and shapes,
+    naming the missing, unexpected and mis-shaped keys. ``model`` may live on the meta device."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -84,6 +82,11 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
             f"{source} does not fit the model ({type(model).__name__}): " + "; ".join(problems)
             + ". Check that the card's architecture and kwargs match the checkpoint."
         )
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load every tensor of ``model`` from ``state_dict``, after :func:`check_state_dict`."""
+    check_state_dict(model, state_dict, source)
     model.load_state_dict(state_dict, strict=True)
 
 
