@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medssl_zoo import registry
-from medssl_zoo.card import Intensity, InputSpec, ModelCard, WeightsSpec
+from medssl_zoo.card import InputSpec, Intensity, ModelCard, WeightsSpec
 
 #: MiT at small widths (same code, a few hundred thousand parameters) for fast I/O tests.
 NANO_KWARGS = {

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import nano_card
 
 from medssl_sdk import Model, load
 from medssl_zoo import (
@@ -21,8 +22,6 @@ from medssl_zoo import (
 from medssl_zoo.card import WeightsSpec
 from medssl_zoo.registry import build_model
 from medssl_zoo.weights import sha256_of
-
-from conftest import nano_card
 
 REPO = "medssl-test/mit-nano"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

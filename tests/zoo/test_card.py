@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import nano_card
 
 from medssl_zoo import CardError, ModelCard, create, get_card, list_models, register_card
 from medssl_zoo.card import Intensity
-
-from conftest import nano_card
 
 VALID = """
 name = "my-model"

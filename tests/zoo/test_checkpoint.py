@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import nano_card
 from safetensors.torch import load_file, save_file
 
 from medssl_zoo import (
-    ChecksumMismatchError,
     CheckpointFormatError,
+    ChecksumMismatchError,
     MedsslError,
     StateDictMismatchError,
     load_checkpoint,
@@ -19,8 +20,6 @@ from medssl_zoo import (
 )
 from medssl_zoo.registry import build_model
 from medssl_zoo.weights import sha256_of
-
-from conftest import nano_card
 
 
 @pytest.fixture

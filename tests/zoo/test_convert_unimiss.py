@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from official_reference import deterministic_tensor, reference_inputs
 
 from medssl_sdk import load
 from medssl_sdk.cli import main
 from medssl_zoo import CheckpointFormatError
 from medssl_zoo.convert import convert_unimiss
 from medssl_zoo.mit import MiT, create_mit
-
-from official_reference import deterministic_tensor, reference_inputs
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 

@@ -9,8 +9,8 @@ from medssl_zoo.card import ModelCard
 from medssl_zoo.checkpoint import load_checkpoint, save_checkpoint
 from medssl_zoo.errors import (
     CardError,
-    ChecksumMismatchError,
     CheckpointFormatError,
+    ChecksumMismatchError,
     MedsslError,
     StateDictMismatchError,
     WeightsError,

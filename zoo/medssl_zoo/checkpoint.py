@@ -6,38 +6,21 @@ The same layout is used locally and in Hub repositories, so a directory is self-
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-
 from safetensors.torch import save_file
 from torch import nn
 
 from medssl_zoo.card import ModelCard
 from medssl_zoo.errors import CheckpointFormatError, MedsslError
+from medssl_zoo.files import write_atomically
 from medssl_zoo.registry import build_model
 from medssl_zoo.weights import CONFIG_FILE, WEIGHTS_FILE, check_state_dict, load_weights_file, sha256_of
 
 FORMAT = "medssl-checkpoint"
 FORMAT_VERSION = 1
-
-
-def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """Write ``target`` through a temporary file in its directory, fsync, then rename over it."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        with open(temporary, "rb") as stream:
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(model: nn.Module, card: ModelCard, directory: Path | str, overwrite: bool = False) -> ModelCard:
@@ -56,10 +39,10 @@ def save_checkpoint(model: nn.Module, card: ModelCard, directory: Path | str, ov
         raise MedsslError(f"{directory} already holds a checkpoint ({', '.join(existing)}); choose another directory or overwrite")
     directory.mkdir(parents=True, exist_ok=True)
     weights_path = directory / WEIGHTS_FILE
-    _write_atomically(weights_path, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+    write_atomically(weights_path, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
     pinned = card.with_weights(replace(card.weights, file=WEIGHTS_FILE, sha256=sha256_of(weights_path)))
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "card": pinned.to_dict()}
-    _write_atomically(directory / CONFIG_FILE, lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
+    write_atomically(directory / CONFIG_FILE, lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
     return pinned
 
 

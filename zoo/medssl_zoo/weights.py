@@ -18,8 +18,8 @@ from torch import nn
 
 from medssl_zoo.card import ModelCard, WeightsSpec
 from medssl_zoo.errors import (
-    ChecksumMismatchError,
     CheckpointFormatError,
+    ChecksumMismatchError,
     StateDictMismatchError,
     WeightsUnavailableError,
 )

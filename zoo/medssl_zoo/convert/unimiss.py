@@ -27,8 +27,8 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
-from dataclasses import replace
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
