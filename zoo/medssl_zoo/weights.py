@@ -141,14 +141,26 @@ def download_from_hub(card: ModelCard, cache_dir: Path | None = None) -> Path:
         raise WeightsUnavailableError(f"{card.name}: {where} does not exist on the Hub ({type(error).__name__})") from None
 
 
+#: Small weights shipped inside the package (e.g. the demo model): ``pretrained/<card name>/<weights file>``.
+SHIPPED_WEIGHTS = Path(__file__).parent / "pretrained"
+
+
 def resolve_weights(card: ModelCard, weights: Path | None = None, cache_dir: Path | None = None) -> Path:
     """The weights file for ``card``: ``weights`` (a file, or a directory holding ``card.weights.file``)
-    if given, else the Hub or its cache. The pinned sha256 is checked by the caller on load."""
+    if given; else, for a card without a Hub repository, the copy shipped in the package; else the Hub or
+    its cache. The pinned sha256 is checked by the caller on load."""
     if card.weights.sha256 is None:
         raise WeightsUnavailableError(
             f"{card.name}: the card pins no sha256, so there are no published weights to load: "
             + (card.weights.note or "convert a checkpoint (see `medssl convert --help`) and load its directory")
         )
+    if weights is None and card.weights.repo_id is None:
+        weights = SHIPPED_WEIGHTS / card.name
+        if not (weights / card.weights.file).is_file():
+            raise WeightsUnavailableError(
+                f"{card.name}: the card names no Hub repository and the package ships no weights for it "
+                f"({weights / card.weights.file} is missing); pass weights=FILE_OR_DIR"
+            )
     if weights is None:
         return download_from_hub(card, cache_dir)
     path = Path(weights)
