@@ -42,7 +42,11 @@ def _planes(array: np.ndarray, spacing: np.ndarray, centre: np.ndarray) -> list[
     transposed and flipped on both axes (see the module docstring for the resulting orientation).
     """
     x, y, z = (int(c) for c in centre)
-    slices = [(array[:, :, z], (spacing[1], spacing[0])), (array[:, y, :], (spacing[2], spacing[0])), (array[x], (spacing[2], spacing[1]))]
+    slices = [
+        (array[:, :, z], (spacing[1], spacing[0])),
+        (array[:, y, :], (spacing[2], spacing[0])),
+        (array[x], (spacing[2], spacing[1])),
+    ]
     return [(plane.T[::-1, ::-1], size) for plane, size in slices]
 
 
