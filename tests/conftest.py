@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from medssl_zoo import registry
-from medssl_zoo.card import InputSpec, Intensity, ModelCard, WeightsSpec
+from medssl_zoo.card import InputSpec, Intensity, Label, ModelCard, WeightsSpec
 
 #: MiT at small widths (same code, a few hundred thousand parameters) for fast I/O tests.
 NANO_KWARGS = {
@@ -37,6 +39,14 @@ def nano_card(name: str = "test-mit-nano", weights: WeightsSpec | None = None) -
         weights=weights or WeightsSpec(),
         licence="MIT",
     )
+
+
+def nano_task_card(task: str, names: tuple[str, ...], name: str = "test-mit-nano-task") -> ModelCard:
+    """The nano card with a ``segment`` or ``classify`` head over the classes ``names``."""
+    card = nano_card(name)
+    kwargs = {**card.kwargs, "task": task, "num_classes": len(names)}
+    labels = tuple(Label(index, label) for index, label in enumerate(names))
+    return dataclasses.replace(card, kwargs=kwargs, labels=labels)
 
 
 @pytest.fixture(autouse=True)

@@ -1,24 +1,95 @@
 """The ``medssl`` command line.
 
-Errors print one readable line and exit 1 (argparse usage errors exit 2); ``--debug`` shows the
-traceback instead.
+    medssl segment ct_dir/ -m phantom-mit-nano -o ct_seg.nii.gz [--overlay ct_seg.png]
+    medssl classify xray.png -m MODEL
+    medssl embed ct.nii.gz -m unimiss-mit7 -o ct_embedding.npy
+    medssl zoo list | convert unimiss CKPT -o DIR | demo
+
+Exit code 0 only on success. Errors print one readable line and exit 1 (argparse usage errors exit 2);
+``--debug`` shows the traceback instead. Outputs are written atomically: a failed run leaves nothing
+behind, and an existing file (or the input itself) is never replaced without ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from medssl_sdk.loading import load
-from medssl_zoo import MedsslError, create, get_card, list_models, save_checkpoint
-from medssl_zoo.card import WeightsSpec
+from medssl_sdk.model import Model, as_volume
+from medssl_zoo import MedsslError, get_card, list_models
+from medssl_zoo.files import write_atomically
+
+
+def _say(args: argparse.Namespace, *message: object) -> None:
+    if not args.quiet:
+        print(*message)
+
+
+def _load(args: argparse.Namespace) -> Model:
+    return load(args.model, device=args.device, weights=args.weights)
+
+
+def _check_output(path: Path, args: argparse.Namespace, suffixes: tuple[str, ...]) -> Path:
+    """Refuse, before any work is done, an output that exists (without --overwrite), is the input, or has a wrong suffix."""
+    if not path.name.endswith(suffixes):
+        raise ValueError(f"{path}: the output must end with {' or '.join(suffixes)}")
+    if path.resolve() == Path(args.input).resolve():
+        raise ValueError(f"{path} is the input; choose another output path")
+    if path.exists() and not args.overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"{path.parent}: the output's folder does not exist")
+    return path
+
+
+def _segment(args: argparse.Namespace) -> None:
+    output = _check_output(args.output, args, (".nii.gz", ".nii"))
+    if args.overlay is not None:
+        _check_output(args.overlay, args, (".png",))
+    model = _load(args)
+    volume = as_volume(args.input, series_uid=args.series)
+    segmentation = model.segment(
+        volume,
+        overlap=args.overlap,
+        sw_batch_size=args.sw_batch_size,
+        low_memory=args.low_memory,
+        progress=not args.quiet,
+    )
+    segmentation.save(output, overwrite=args.overwrite)
+    if args.overlay is not None:
+        from medssl_sdk.overlay import render_overlay
+
+        render_overlay(volume, segmentation.labels, args.overlay)
+    volumes = ", ".join(f"{name} {ml:.1f}" for name, ml in segmentation.volumes_ml().items() if ml > 0)
+    _say(args, f"wrote {output} ({model.name}; {'ml' if volume.ndim == 3 else 'mm2'}: {volumes or 'nothing found'})")
+
+
+def _classify(args: argparse.Namespace) -> None:
+    probabilities = _load(args).classify(args.input, series_uid=args.series)
+    if args.json:
+        print(json.dumps(probabilities, indent=2))
+        return
+    for name, probability in sorted(probabilities.items(), key=lambda item: -item[1]):
+        print(f"{name:<24} {probability:.4f}")
+
+
+def _embed(args: argparse.Namespace) -> None:
+    output = _check_output(args.output, args, (".npy",))
+    embedding = _load(args).embed(args.input, series_uid=args.series).numpy()
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as stream:
+            np.save(stream, embedding)
+
+    write_atomically(output, write)
+    _say(args, f"wrote {output}: embedding of shape {embedding.shape}")
 
 
 def _zoo_list(args: argparse.Namespace) -> None:
@@ -33,36 +104,53 @@ def _convert(args: argparse.Namespace) -> None:
     from medssl_zoo.convert import convert_unimiss
 
     card = convert_unimiss(args.checkpoint, args.output, teacher=args.teacher, overwrite=args.overwrite)
-    if not args.quiet:
-        print(f"wrote {args.output} ({card.name}, {card.weights.note}); weights sha256 {card.weights.sha256}")
+    _say(args, f"wrote {args.output} ({card.name}, {card.weights.note}); weights sha256 {card.weights.sha256}")
 
 
 def _demo(args: argparse.Namespace) -> None:
-    """Build MiT-7, write it as a checkpoint, load it back verified, embed a 2D and a 3D input."""
-    card = get_card("unimiss-mit7")
-    torch.manual_seed(0)
-    with tempfile.TemporaryDirectory(prefix="medssl-demo-") as directory:
-        network = create(card)
-        note = "random initialisation: the published UniMiSS weights are not on the Hub yet"
-        written = save_checkpoint(network, card.with_weights(WeightsSpec(note=note)), directory)
-        model = load(directory, device=args.device)
-        say = (lambda *_: None) if args.quiet else print
-        say(f"{card.name}: {sum(p.numel() for p in model.network.parameters()) / 1e6:.2f}M parameters, {note}")
-        say(f"checkpoint written, re-loaded strictly and verified (sha256 {written.weights.sha256[:16]}...) on {model.device}")
-        for shape in ((1, 1, 224, 224), (1, 1, 16, 96, 96)):
-            x = torch.rand(shape)
-            start = time.perf_counter()
-            embedding = model(x)
-            elapsed = time.perf_counter() - start
-            say(f"{len(shape) - 2}D input {tuple(shape)} -> embedding {tuple(embedding.shape)} in {elapsed * 1000:.0f} ms")
+    from medssl_sdk.demo import run_demo
+
+    report = run_demo(args.output, device=args.device, seed=args.seed, progress=not args.quiet)
+    _say(args, report.summary())
+    if not report.passed:
+        raise MedsslError(f"demo mean Dice {report.mean_dice:.3f} is below the {report.threshold} the demo model promises")
+
+
+def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, help="a DICOM series folder, a NIfTI file, a PNG/JPEG or a DICOM image")
+    parser.add_argument("-m", "--model", required=True, help="a zoo name (`medssl zoo list`) or a checkpoint directory")
+    parser.add_argument("--series", default=None, metavar="UID", help="SeriesInstanceUID to use when a folder holds several")
+    parser.add_argument("--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)")
+    parser.add_argument("--weights", type=Path, default=None, help="local weights file/dir for a zoo name (air-gapped sites)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medssl", description="medssl: self-supervised 2D/3D medical-imaging models")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('medssl-sdk')}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    parser.add_argument("--quiet", action="store_true", help="print only errors")
+    parser.add_argument("--quiet", action="store_true", help="print only errors and results (no progress bars)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    segment = commands.add_parser("segment", help="segment an image; writes a NIfTI label map on the input's grid")
+    _add_inference_arguments(segment)
+    segment.add_argument("-o", "--output", type=Path, required=True, help="label map to write (.nii.gz or .nii)")
+    segment.add_argument("--overlay", type=Path, default=None, help="also write a PNG overlay (3D inputs)")
+    segment.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap in [0, 1) (default 0.25)")
+    segment.add_argument("--sw-batch-size", type=int, default=4, help="windows per network call (default 4)")
+    segment.add_argument("--low-memory", action="store_true", help="fp16 stitching; streaming arg-max when not resampling")
+    segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    segment.set_defaults(run=_segment)
+
+    classify = commands.add_parser("classify", help="class probabilities of an image")
+    _add_inference_arguments(classify)
+    classify.add_argument("--json", action="store_true", help="print a JSON object {label: probability}")
+    classify.set_defaults(run=_classify)
+
+    embed = commands.add_parser("embed", help="write the encoder's embedding of an image as .npy")
+    _add_inference_arguments(embed)
+    embed.add_argument("-o", "--output", type=Path, required=True, help="embedding to write (.npy)")
+    embed.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    embed.set_defaults(run=_embed)
 
     zoo = commands.add_parser("zoo", help="list the zoo's models").add_subparsers(dest="zoo_command", required=True)
     zoo.add_parser("list", help="one line per zoo entry").set_defaults(run=_zoo_list)
@@ -76,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     unimiss.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --output")
     unimiss.set_defaults(run=_convert)
 
-    demo = commands.add_parser("demo", help="build, save, re-load and run MiT-7 on a 2D and a 3D input")
+    demo = commands.add_parser("demo", help="segment an unseen synthetic CT phantom with phantom-mit-nano; print Dice")
     demo.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    demo.add_argument("--output", type=Path, default=Path("medssl-demo"), help="folder for its files (default ./medssl-demo)")
+    demo.add_argument("--seed", type=int, default=None, help="phantom seed (default: the demo's fixed unseen phantom)")
     demo.set_defaults(run=_demo)
     return parser
 
@@ -86,12 +176,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (MedsslError, ValueError, OSError, RuntimeError) as error:
+    except (MedsslError, ValueError, OSError, RuntimeError, KeyError) as error:
         if args.debug:
             raise
         message = " ".join(str(error).split())
         print(f"medssl: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("medssl: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

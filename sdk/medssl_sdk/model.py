@@ -1,13 +1,35 @@
-"""The object ``medssl_sdk.load`` returns: a network with its card, on a device, ready for inference."""
+"""The object ``medssl_sdk.load`` returns: a network with its card on a device, and the inference API.
+
+    model = load("phantom-mit-nano")
+    seg = model.segment("ct_dir/")        # DICOM folder | NIfTI / PNG / DICOM file | Volume | array (+ spacing)
+    seg.save("ct_seg.nii.gz")
+    model.classify(xray)                  # {label: probability}
+    model.embed(volume)                   # (embedding_dim,) tensor
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
+from medssl_sdk.io import read_volume
+from medssl_sdk.preprocess import PreparedInput, prepare, resample, restore_labels
+from medssl_sdk.segmentation import Segmentation
+from medssl_sdk.sliding_window import sliding_window_argmax, sliding_window_inference
+from medssl_sdk.volume import Volume
 from medssl_zoo import MedsslError, ModelCard
+from medssl_zoo.card import InputSpec
+
+#: What the inference methods accept: a Volume, a path (DICOM series folder, NIfTI, PNG/JPEG, DICOM file),
+#: or a spatial array ``(D, H, W)`` / ``(H, W)`` with ``spacing=`` in mm (array order).
+ImageInput = Volume | str | Path | np.ndarray | torch.Tensor
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -28,12 +50,32 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+def as_volume(image: ImageInput, spacing: tuple[float, ...] | None = None, series_uid: str | None = None) -> Volume:
+    """Turn any accepted input into a Volume (reading files; arrays get an axis-aligned affine from ``spacing``)."""
+    if isinstance(image, Volume):
+        if spacing is not None:
+            raise ValueError("spacing= applies to arrays; a Volume carries its own geometry")
+        return image
+    if isinstance(image, (str, Path)):
+        return read_volume(image, series_uid=series_uid)
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray):
+        if image.ndim not in (2, 3):
+            raise ValueError(
+                f"an array input must be one spatial image, (H, W) or (D, H, W); got shape {image.shape} "
+                "(drop batch/channel axes; call once per image)"
+            )
+        return Volume.from_array(image, spacing)
+    raise TypeError(f"cannot read an image from {type(image).__name__}; pass a path, a Volume or a numpy array")
+
+
 @dataclass
 class Model:
     """A loaded zoo model.
 
     Attributes:
-        network: the ``nn.Module`` in eval mode on ``device``.
+        network: the ``nn.Module`` in eval mode on ``device``; its ``forward`` gives its card's task output.
         card: its model card (architecture, inputs, labels, weights with the verified sha256).
         device: where the network runs.
     """
@@ -46,10 +88,134 @@ class Model:
     def name(self) -> str:
         return self.card.name
 
+    @property
+    def task(self) -> str:
+        """``"segment"``, ``"classify"`` or ``"embed"``: what the network's forward gives."""
+        return str(self.card.kwargs.get("task", getattr(self.network, "task", "embed")))
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Run the network on a prepared batch (moved to ``device``) in inference mode."""
-        with torch.inference_mode():
+        with torch.inference_mode(), self._autocast():
             return self.network(x.to(self.device))
 
+    def segment(
+        self,
+        image: ImageInput,
+        *,
+        spacing: tuple[float, ...] | None = None,
+        series_uid: str | None = None,
+        overlap: float = 0.25,
+        sw_batch_size: int = 4,
+        stitch_device: str | torch.device | Literal["auto"] = "auto",
+        low_memory: bool = False,
+        progress: bool = True,
+    ) -> Segmentation:
+        """Segment an image with sliding windows of the card's patch size; labels come back on the input's grid.
+
+        Args:
+            image: see :data:`ImageInput`.
+            spacing: voxel size (mm, array order) for array inputs.
+            series_uid: which series of a DICOM folder holding several.
+            overlap: window overlap fraction in [0, 1); windows are blended with a gaussian importance map.
+            sw_batch_size: windows run per network call.
+            stitch_device: where probabilities are accumulated: ``"auto"`` (the compute device if the
+                output fits its free memory, else CPU), or a device.
+            low_memory: accumulate in float16 on the stitch device; when no resampling is needed, stream
+                the arg-max slab by slab so the full probability volume is never held.
+            progress: show a progress bar over windows.
+
+        Returns:
+            a :class:`Segmentation` whose label Volume has the input's shape and affine.
+        """
+        self._require_task("segment")
+        volume = as_volume(image, spacing, series_uid)
+        prepared = prepare(volume, self._input_spec(volume))
+        windows = self._windows(prepared.tensor.ndim - 1, overlap, sw_batch_size, stitch_device, progress, low_memory)
+        batch = prepared.tensor[None]
+        with torch.inference_mode():
+            if low_memory and prepared.tensor.shape[1:] == volume.shape:
+                labels = sliding_window_argmax(batch, predictor=self._probabilities, **windows)[0]
+                array = labels.cpu().numpy().astype(np.uint8 if len(self._class_names()) <= 256 else np.int16)
+            else:
+                probabilities = sliding_window_inference(batch, predictor=self._probabilities, **windows)[0]
+                array = restore_labels(probabilities, prepared)
+        return Segmentation(volume.with_array(array), self._class_names(), self.card)
+
+    def classify(
+        self, image: ImageInput, *, spacing: tuple[float, ...] | None = None, series_uid: str | None = None
+    ) -> dict[str, float]:
+        """Class probabilities (softmax) of the whole image, resized to the card's patch size, by label name."""
+        self._require_task("classify")
+        with torch.inference_mode(), self._autocast():
+            logits = self.network(self._whole_image(image, spacing, series_uid).to(self.device))
+        probabilities = logits.float().softmax(dim=1)[0].cpu().tolist()
+        return dict(zip(self._class_names(len(probabilities)), probabilities))
+
+    def embed(
+        self, image: ImageInput, *, spacing: tuple[float, ...] | None = None, series_uid: str | None = None
+    ) -> torch.Tensor:
+        """The encoder's embedding ``(embedding_dim,)`` (float32, CPU) of the whole image at the card's patch size."""
+        embed: Callable[[torch.Tensor], torch.Tensor] | None = getattr(self.network, "embed", None)
+        if embed is None:
+            raise MedsslError(f"model {self.name!r} ({self.card.architecture}) has no embedding output")
+        with torch.inference_mode(), self._autocast():
+            return embed(self._whole_image(image, spacing, series_uid).to(self.device))[0].float().cpu()
+
+    def _require_task(self, task: str) -> None:
+        if self.task != task:
+            raise MedsslError(
+                f"model {self.name!r} is a {self.task!r} model; {task}() needs a model fine-tuned for it "
+                f"(see `medssl zoo list`); {self.task}() works with this one"
+            )
+
+    def _input_spec(self, volume: Volume) -> InputSpec:
+        branch = f"{volume.ndim}d"
+        if branch not in self.card.inputs:
+            takes = " and ".join(f"{d}D" for d in self.card.spatial_dims)
+            kind = "a 2D image" if volume.ndim == 2 else "a 3D volume"
+            raise MedsslError(f"model {self.name!r} takes {takes} input; {volume.source} is {kind} of shape {volume.shape}")
+        return self.card.inputs[branch]
+
+    def _whole_image(self, image: ImageInput, spacing: tuple[float, ...] | None, series_uid: str | None) -> torch.Tensor:
+        """``(1, C, *patch_size)``: the pre-processed image resized to the card's patch size."""
+        volume = as_volume(image, spacing, series_uid)
+        spec = self._input_spec(volume)
+        prepared: PreparedInput = prepare(volume, spec)
+        return resample(prepared.tensor[None], spec.patch_size)
+
+    def _windows(
+        self, dims: int, overlap: float, sw_batch_size: int, stitch_device: str | torch.device, progress: bool, low_memory: bool
+    ) -> dict[str, object]:
+        """Sliding-window options shared by the probability and streaming-argmax paths."""
+        branch = f"{dims}d"
+        return {
+            "roi_size": self.card.inputs[branch].patch_size,
+            "overlap": overlap,
+            "sw_batch_size": sw_batch_size,
+            "mode": "gaussian",
+            "sw_device": self.device,
+            "stitch_device": stitch_device,
+            "accumulate_dtype": torch.float16 if low_memory else torch.float32,
+            "progress": progress,
+        }
+
+    def _probabilities(self, windows: torch.Tensor) -> torch.Tensor:
+        """Softmax class probabilities ``(N, K, *roi)`` (float32) of a batch of windows ``(N, C, *roi)``."""
+        with self._autocast():
+            return self.network(windows).float().softmax(dim=1)
+
+    def _class_names(self, count: int | None = None) -> tuple[str, ...]:
+        names = tuple(label.name for label in self.card.labels)
+        count = count if count is not None else int(self.card.kwargs.get("num_classes", len(names)))
+        return names if len(names) == count else tuple(f"class_{i}" for i in range(count))
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 (fp16 where bf16 is missing) autocast on CUDA; nothing elsewhere."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
     def __repr__(self) -> str:
-        return f"Model({self.card.name!r}, device={self.device}, weights sha256={self.card.weights.sha256})"
+        return f"Model({self.card.name!r}, task={self.task!r}, device={self.device}, weights sha256={self.card.weights.sha256})"
+

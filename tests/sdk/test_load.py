@@ -118,12 +118,14 @@ def test_unpublished_zoo_weights_are_a_clear_error() -> None:
 
 
 def test_unavailable_device_is_a_one_line_cli_error(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from medssl_sdk.cli import main
 
+    save_checkpoint(build_model(nano_card()), nano_card(), tmp_path / "model")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main(["demo", "--device", "cuda"]) == 1
+    output = tmp_path / "embedding.npy"
+    assert main(["embed", str(tmp_path / "ct.nii.gz"), "-m", str(tmp_path / "model"), "-o", str(output), "--device", "cuda"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("medssl: error: device 'cuda' was asked for") and err.count("\n") == 1
 

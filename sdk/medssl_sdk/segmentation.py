@@ -1,0 +1,56 @@
+"""``Segmentation``: what ``Model.segment`` returns — a label map on the input's grid plus its class names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medssl_sdk.volume import Volume
+from medssl_zoo.card import ModelCard
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """A label map with the input's shape and affine.
+
+    Attributes:
+        labels: Volume of integer labels, ``(D, H, W)`` or ``(H, W)``; 0 is background.
+        classes: class name per label index (``classes[0]`` is the background's).
+        card: the card of the model that made it (name, weights sha256, label codes).
+    """
+
+    labels: Volume
+    classes: tuple[str, ...]
+    card: ModelCard
+
+    def mask(self, name: str) -> np.ndarray:
+        """Boolean mask of the class called ``name``; an unknown name lists the classes."""
+        if name not in self.classes:
+            raise KeyError(f"no class {name!r} in this segmentation; classes: {', '.join(self.classes)}")
+        return self.labels.array == self.classes.index(name)
+
+    def volumes_ml(self) -> dict[str, float]:
+        """Volume in millilitres (area in mm^2 for 2D) of each foreground class, by name."""
+        voxel = float(np.prod(self.labels.spacing))
+        counts = np.bincount(self.labels.array.ravel(), minlength=len(self.classes))
+        scale = voxel / 1000.0 if self.labels.ndim == 3 else voxel
+        return {name: float(counts[index]) * scale for index, name in enumerate(self.classes) if index > 0}
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the label map as NIfTI (``.nii`` / ``.nii.gz``) atomically; never replaces the input image.
+
+        Refuses an existing file unless ``overwrite``. Returns the path written.
+        """
+        from medssl_sdk.io import write_nifti
+
+        path = Path(path)
+        if not path.name.endswith((".nii", ".nii.gz")):
+            raise ValueError(f"{path}: segmentations are saved as NIfTI; use a .nii.gz or .nii file name")
+        write_nifti(self.labels, path, overwrite=overwrite)
+        return path
+
+    def __repr__(self) -> str:
+        present = [self.classes[i] for i in np.unique(self.labels.array) if 0 < i < len(self.classes)]
+        return f"Segmentation({self.card.name!r}, shape={self.labels.shape}, classes present={present})"

@@ -1,0 +1,92 @@
+"""Model.segment / classify / embed end to end on the nano MiT (random weights): geometry, inputs, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import nano_card, nano_task_card
+
+from medssl_sdk.model import Model
+from medssl_sdk.samples import make_phantom
+from medssl_sdk.volume import Volume
+from medssl_zoo import MedsslError
+from medssl_zoo.registry import build_model
+
+CLASSES = ("background", "liver", "spleen")
+
+
+def model_for(card) -> Model:
+    return Model(build_model(card).eval(), card, torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def phantom() -> tuple[Volume, Volume]:
+    return make_phantom(seed=5, shape=(20, 50, 44), spacing=(4.0, 1.6, 1.7))
+
+
+def test_segment_returns_labels_on_the_input_grid(phantom: tuple[Volume, Volume]) -> None:
+    image, _ = phantom
+    segmentation = model_for(nano_task_card("segment", CLASSES)).segment(image, progress=False)
+    assert segmentation.labels.shape == image.shape
+    assert np.array_equal(segmentation.labels.affine, image.affine)
+    assert segmentation.classes == CLASSES
+    assert segmentation.labels.array.dtype == np.uint8 and segmentation.labels.array.max() < len(CLASSES)
+
+
+def test_segment_matches_the_network_on_a_single_window_input() -> None:
+    """An input at the card's spacing and patch size is one window: labels = argmax of the network."""
+    card = nano_task_card("segment", CLASSES)
+    model = model_for(card)
+    hu = np.random.default_rng(0).normal(0, 300, size=(16, 64, 64)).astype(np.float32)
+    labels = model.segment(Volume.from_array(hu, spacing=(3.0, 1.0, 1.0)), progress=False).labels.array
+    with torch.inference_mode():
+        expected = model.network(torch.from_numpy(hu / 1024.0)[None, None]).argmax(1)[0].numpy()
+    assert np.array_equal(labels, expected)
+
+
+def test_low_memory_streaming_gives_the_same_labels() -> None:
+    model = model_for(nano_task_card("segment", CLASSES))
+    hu = np.random.default_rng(1).normal(0, 300, size=(24, 80, 72)).astype(np.float32)
+    volume = Volume.from_array(hu, spacing=(3.0, 1.0, 1.0))  # the card's spacing: no resampling
+    default = model.segment(volume, progress=False).labels.array
+    streamed = model.segment(volume, low_memory=True, progress=False).labels.array
+    assert (default == streamed).mean() > 0.999  # fp16 accumulation may flip near-ties only
+
+
+def test_array_input_needs_its_spacing_and_one_image() -> None:
+    model = model_for(nano_task_card("segment", CLASSES))
+    segmentation = model.segment(np.zeros((16, 64, 64), np.float32), spacing=(3.0, 1.0, 1.0), progress=False)
+    assert segmentation.labels.spacing == pytest.approx((3.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="one spatial image"):
+        model.segment(np.zeros((1, 1, 16, 64, 64), np.float32), progress=False)
+
+
+def test_2d_model_refuses_a_3d_volume_naming_it(phantom: tuple[Volume, Volume]) -> None:
+    card = nano_task_card("segment", CLASSES)
+    card_2d = type(card)(**{**card.__dict__, "inputs": {"2d": card.inputs["2d"]}, "kwargs": {**card.kwargs}})
+    model = Model(build_model(card_2d).eval(), card_2d, torch.device("cpu"))
+    with pytest.raises(MedsslError, match=r"takes 2D input; .* is a 3D volume of shape \(20, 50, 44\)"):
+        model.segment(phantom[0], progress=False)
+
+
+def test_task_mismatch_is_explained(phantom: tuple[Volume, Volume]) -> None:
+    with pytest.raises(MedsslError, match="'embed' model; segment\\(\\) needs"):
+        model_for(nano_card()).segment(phantom[0], progress=False)
+
+
+def test_classify_gives_probabilities_by_label_name() -> None:
+    model = model_for(nano_task_card("classify", ("normal", "pneumonia", "covid")))
+    xray = Volume.from_array(np.random.default_rng(2).random((100, 90)), spacing=(0.5, 0.5))
+    probabilities = model.classify(xray)
+    assert list(probabilities) == ["normal", "pneumonia", "covid"]
+    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    assert all(0 < p < 1 for p in probabilities.values())
+
+
+def test_embed_2d_and_3d(phantom: tuple[Volume, Volume]) -> None:
+    model = model_for(nano_card())
+    volume_embedding = model.embed(phantom[0])
+    image_embedding = model.embed(np.random.default_rng(3).random((70, 70)), spacing=(1.0, 1.0))
+    assert volume_embedding.shape == image_embedding.shape == (model.network.embedding_dim,)
+    assert not torch.allclose(volume_embedding, image_embedding)
