@@ -23,6 +23,7 @@ import numpy as np
 
 from medssl_sdk.loading import load
 from medssl_sdk.model import Model, as_volume
+from medssl_sdk.overlay import render_overlay
 from medssl_zoo import MedsslError, get_card, list_models
 from medssl_zoo.files import write_atomically
 
@@ -64,8 +65,6 @@ def _segment(args: argparse.Namespace) -> None:
     )
     segmentation.save(output, overwrite=args.overwrite)
     if args.overlay is not None:
-        from medssl_sdk.overlay import render_overlay
-
         render_overlay(volume, segmentation.labels, args.overlay)
     volumes = ", ".join(f"{name} {ml:.1f}" for name, ml in segmentation.volumes_ml().items() if ml > 0)
     _say(args, f"wrote {output} ({model.name}; {'ml' if volume.ndim == 3 else 'mm2'}: {volumes or 'nothing found'})")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl_sdk.io import write_nifti
 from medssl_sdk.volume import Volume
 from medssl_zoo.card import ModelCard
 
@@ -43,8 +44,6 @@ class Segmentation:
 
         Refuses an existing file unless ``overwrite``. Returns the path written.
         """
-        from medssl_sdk.io import write_nifti
-
         path = Path(path)
         if not path.name.endswith((".nii", ".nii.gz")):
             raise ValueError(f"{path}: segmentations are saved as NIfTI; use a .nii.gz or .nii file name")
