@@ -126,7 +126,7 @@ class _Column:
 
     def depth(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Normalised depth, as :meth:`_Ellipsoid.depth`; constant along z, so its shape broadcasts ``x`` and ``y`` only."""
-        local = [(x - np.float32(self.centre[0])) / np.float32(self.radii[0]), (y - np.float32(self.centre[1])) / np.float32(self.radii[1])]
+        local = [(coordinate - np.float32(c)) / np.float32(r) for coordinate, c, r in zip((x, y), self.centre, self.radii)]
         return _wobbled_depth(local, self.wobble)
 
 
@@ -202,22 +202,30 @@ def _random_anatomy(seed: int) -> _Anatomy:
     spine_r = u(11, 14)
     kidney_x, kidney_y, kidney_z = u(36, 44), spine_y + u(4, 12), u(-30, -15)
     lung_z = u(72, 86)
+    aorta = _column(rng, (ox - u(12, 18), spine_y + spine_r + u(8, 12)), (u(8, 11),) * 2)
+    lungs = [
+        _ellipsoid(rng, (ox + side * u(38, 46), oy + u(-10, 0), lung_z + u(-4, 4)), (u(28, 34), u(38, 46), u(55, 65)),
+                   (5, 5, 10), wobble=0.1)
+        for side in (-1, 1)
+    ]
+    liver = _ellipsoid(rng, (ox + u(35, 45), oy + u(0, 10), u(0, 15)), (u(35, 42), u(38, 48), u(45, 55)), (15, 15, 20), wobble=0.15)
+    spleen = _ellipsoid(rng, (ox - u(45, 55), oy + u(-25, -15), u(10, 25)), (u(15, 20), u(28, 35), u(30, 40)),
+                        (15, 15, 25), (0, 0, -30), wobble=0.15)
+    kidneys = {  # upper poles tilted towards the spine; the right kidney sits lower
+        name: _ellipsoid(rng, (ox + side * kidney_x, kidney_y + u(-3, 3), kidney_z + drop + u(-5, 5)),
+                         (u(16, 20), u(13, 17), u(35, 45)), (10, 10, 15), (0, side * 15, side * 20), wobble=0.08)
+        for name, side, drop in (("left_kidney", -1, 0.0), ("right_kidney", 1, -u(5, 15)))
+    }
+    vertebral_body = _column(rng, (ox, spine_y), (spine_r, spine_r * u(0.8, 0.95)))
+    spinous_process = _column(rng, (ox, spine_y - spine_r - u(8, 10)), (u(3, 5), u(9, 12)))
     organs = (
-        _Organ(0, _column(rng, (ox - u(12, 18), spine_y + spine_r + u(8, 12)), (u(8, 11),) * 2), u(150, 220)),  # aorta: unlabelled
-        *(_Organ(label_of("lungs"), _ellipsoid(rng, (ox + side * u(38, 46), oy + u(-10, 0), lung_z + u(-4, 4)),
-                                               (u(28, 34), u(38, 46), u(55, 65)), (5, 5, 10), wobble=0.1), u(-870, -830))
-          for side in (-1, 1)),
-        _Organ(label_of("liver"), _ellipsoid(rng, (ox + u(35, 45), oy + u(0, 10), u(0, 15)), (u(35, 42), u(38, 48), u(45, 55)),
-                                             (15, 15, 20), wobble=0.15), u(55, 68)),
-        _Organ(label_of("spleen"), _ellipsoid(rng, (ox - u(45, 55), oy + u(-25, -15), u(10, 25)), (u(15, 20), u(28, 35), u(30, 40)),
-                                              (15, 15, 25), (0, 0, -30), wobble=0.15), u(42, 50)),
-        *(_Organ(label_of(name), _ellipsoid(rng, (ox + side * kidney_x, kidney_y + u(-3, 3), kidney_z + drop + u(-5, 5)),
-                                            (u(16, 20), u(13, 17), u(35, 45)), (10, 10, 15), (0, side * 15, side * 20), wobble=0.08),
-                 u(25, 35), shell_hu=u(100, 140), shell_from=0.7)
-          for name, side, drop in (("left_kidney", -1, 0.0), ("right_kidney", 1, -u(5, 15)))),
-        _Organ(label_of("spine"), _column(rng, (ox, spine_y), (spine_r, spine_r * u(0.8, 0.95))), u(250, 400),
-               shell_hu=u(800, 1000), shell_from=0.85),
-        _Organ(label_of("spine"), _column(rng, (ox, spine_y - spine_r - u(8, 10)), (u(3, 5), u(9, 12))), u(500, 700)),  # spinous process
+        _Organ(0, aorta, u(150, 220)),
+        *(_Organ(label_of("lungs"), lung, u(-870, -830)) for lung in lungs),
+        _Organ(label_of("liver"), liver, u(55, 68)),
+        _Organ(label_of("spleen"), spleen, u(42, 50)),
+        *(_Organ(label_of(name), kidney, u(25, 35), shell_hu=u(100, 140), shell_from=0.7) for name, kidney in kidneys.items()),
+        _Organ(label_of("spine"), vertebral_body, u(250, 400), shell_hu=u(800, 1000), shell_from=0.85),
+        _Organ(label_of("spine"), spinous_process, u(500, 700)),
     )
     return _Anatomy(
         body=_column(rng, (ox, oy), (bx, by), wobble=0.06),
