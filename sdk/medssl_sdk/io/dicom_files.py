@@ -33,7 +33,6 @@ _DECODER_PACKAGES = {
     **dict.fromkeys(
         (uid.JPEG2000Lossless, uid.JPEG2000, uid.HTJ2KLossless, uid.HTJ2KLosslessRPCL, uid.HTJ2K), "pylibjpeg pylibjpeg-openjpeg"
     ),
-    uid.RLELossless: "pylibjpeg pylibjpeg-rle",
 }
 
 

@@ -102,18 +102,9 @@ def read_dicom_series(directory: str | Path, series_uid: str | None = None, *, p
     directory = Path(directory)
     scan = _scan_folder(directory, progress)
     info = scan.info(_choose_series(scan, series_uid, directory))
-    images = scan.series[info.series_uid]
-    for path, dataset in images:
-        require_single_frame(dataset, path)
-    plane = _common_plane(images, directory)
-    positions = np.array([_position(dataset, path) for path, dataset in images])
-    order = slice_order(positions, plane, [path.name for path, _ in images], directory)
-    images = [images[i] for i in order]
-    first = images[0][1]
-    thickness = first.get("SpacingBetweenSlices") or first.get("SliceThickness")
-    step = slice_step(positions[order], plane, None if thickness is None else float(thickness), directory)
-    affine = LPS_TO_RAS @ plane.affine_lps(positions[order[0]], step)
+    images, affine = _sorted_slices_and_affine(scan.series[info.series_uid], directory)
     array = _stack_pixels(images, directory, progress)
+    first = images[0][1]
     metadata = {
         "source": str(directory),
         "format": "dicom",
@@ -170,6 +161,21 @@ def _choose_series(scan: _FolderScan, series_uid: str | None, directory: Path) -
     else:
         problem = f"holds no series with SeriesInstanceUID {series_uid}; it holds:\n{listing}"
     raise VolumeReadError(directory, problem)
+
+
+def _sorted_slices_and_affine(
+    images: Sequence[tuple[Path, Dataset]], directory: Path
+) -> tuple[list[tuple[Path, Dataset]], np.ndarray]:
+    """The slices in order along the normal, and the ``(4, 4)`` voxel ``(slice, row, column)`` -> RAS affine."""
+    for path, dataset in images:
+        require_single_frame(dataset, path)
+    plane = _common_plane(images, directory)
+    positions = np.array([_position(dataset, path) for path, dataset in images])
+    order = slice_order(positions, plane, [path.name for path, _ in images], directory)
+    first = images[order[0]][1]
+    thickness = first.get("SpacingBetweenSlices") or first.get("SliceThickness")
+    step = slice_step(positions[order], plane, None if thickness is None else float(thickness), directory)
+    return [images[i] for i in order], LPS_TO_RAS @ plane.affine_lps(positions[order[0]], step)
 
 
 def _common_plane(images: Sequence[tuple[Path, Dataset]], directory: Path) -> SlicePlane:
