@@ -8,7 +8,7 @@ import torch
 from conftest import nano_card, nano_task_card
 
 from medssl_sdk.model import Model
-from medssl_sdk.samples import make_phantom
+from medssl_sdk.samples import make_phantom, make_radiograph
 from medssl_sdk.volume import Volume
 from medssl_zoo import MedsslError
 from medssl_zoo.registry import build_model
@@ -90,3 +90,9 @@ def test_embed_2d_and_3d(phantom: tuple[Volume, Volume]) -> None:
     image_embedding = model.embed(np.random.default_rng(3).random((70, 70)), spacing=(1.0, 1.0))
     assert volume_embedding.shape == image_embedding.shape == (model.network.embedding_dim,)
     assert not torch.allclose(volume_embedding, image_embedding)
+
+
+def test_segment_a_2d_radiograph_keeps_its_grid() -> None:
+    xray, _ = make_radiograph(seed=4, shape=(100, 90), spacing=(0.7, 0.8))
+    segmentation = model_for(nano_task_card("segment", CLASSES)).segment(xray, progress=False)
+    assert segmentation.labels.shape == (100, 90) and np.array_equal(segmentation.labels.affine, xray.affine)
