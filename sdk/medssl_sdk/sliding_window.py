@@ -23,9 +23,10 @@ import bisect
 import functools
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+import numbers
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -97,9 +98,11 @@ def plan_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: fl
     the image's edge, and no window starts after the first one that reaches the edge.
     """
     _check_sizes(image_size, roi_size)
+    image_size, roi_size = tuple(map(int, image_size)), tuple(map(int, roi_size))
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-    padding = tuple(((max(r - s, 0)) // 2, max(r - s, 0) - max(r - s, 0) // 2) for s, r in zip(image_size, roi_size))
+    shortfalls = [max(r - s, 0) for s, r in zip(image_size, roi_size)]
+    padding = tuple((shortfall // 2, shortfall - shortfall // 2) for shortfall in shortfalls)
     axis_starts = []
     for size, roi, (before, after) in zip(image_size, roi_size, padding):
         padded = size + before + after
@@ -107,8 +110,8 @@ def plan_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: fl
         count = -(-(padded - roi) // step) + 1
         axis_starts.append([min(i * step, padded - roi) for i in range(count)])
     return WindowPlan(
-        image_size=tuple(image_size),
-        roi_size=tuple(roi_size),
+        image_size=image_size,
+        roi_size=roi_size,
         padding=padding,
         starts=tuple(itertools.product(*axis_starts)),
     )
@@ -181,24 +184,9 @@ def sliding_window_inference(
         (B, K, *spatial): the importance-weighted mean of the window outputs covering each voxel, dtype
         ``accumulate_dtype``, on the stitch device.
     """
-    run = _prepare(image, roi_size, sw_batch_size, overlap, mode, sigma_scale, padding_mode, cval, accumulate_dtype)
-    batches = run.predict_in_batches(predictor, sw_batch_size, sw_device, progress)
-    first_windows, first_predictions = next(batches)
-    batch_size, num_classes = image.shape[0], first_predictions.shape[1]
-    voxels = math.prod(run.plan.image_size)
-    needed = batch_size * num_classes * voxels * accumulate_dtype.itemsize + voxels * 4
-    stitching = run.start_stitching(image.device, torch.device(sw_device or image.device), stitch_device, needed)
-    output = torch.zeros((batch_size, num_classes, *run.plan.image_size), dtype=accumulate_dtype, device=stitching.device)
-    for windows, predictions in itertools.chain([(first_windows, first_predictions)], batches):
-        for (b, w), prediction in zip(windows, predictions.to(stitching.device)):
-            inside, within = run.plan.placements[w]
-            output[b][(slice(None), *inside)].addcmul_(prediction[(slice(None), *within)], stitching.importance[within])
-    first_axis_step = max(1, _NORMALISE_STEP_ELEMENTS // (num_classes * voxels // run.plan.image_size[0]))
-    for b in range(batch_size):
-        for lo in range(0, run.plan.image_size[0], first_axis_step):
-            hi = lo + first_axis_step
-            _normalise_(output[b, :, lo:hi], stitching.weight_sum[lo:hi])
-    return output
+    options = _Options(sw_batch_size, overlap, mode, sigma_scale, padding_mode, cval, sw_device, stitch_device,
+                       accumulate_dtype, progress)
+    return _sliding_window(image, roi_size, predictor, options, _BlendedOutput)
 
 
 def sliding_window_argmax(
@@ -228,21 +216,36 @@ def sliding_window_argmax(
     Returns:
         (B, *spatial) int64 class indices (the first of equal maxima), on the stitch device.
     """
-    run = _prepare(image, roi_size, sw_batch_size, overlap, mode, sigma_scale, padding_mode, cval, accumulate_dtype)
-    batches = run.predict_in_batches(predictor, sw_batch_size, sw_device, progress)
-    first_windows, first_predictions = next(batches)
-    batch_size, num_classes = image.shape[0], first_predictions.shape[1]
-    voxels = math.prod(run.plan.image_size)
-    band_bytes = num_classes * run.plan.roi_size[0] * (voxels // run.plan.image_size[0]) * accumulate_dtype.itemsize
-    needed = batch_size * voxels * 8 + voxels * 4 + band_bytes
-    stitching = run.start_stitching(image.device, torch.device(sw_device or image.device), stitch_device, needed)
-    labels = torch.empty((batch_size, *run.plan.image_size), dtype=torch.int64, device=stitching.device)
-    band = _ArgmaxBand(run.plan, stitching, labels, num_classes, accumulate_dtype)
-    for windows, predictions in itertools.chain([(first_windows, first_predictions)], batches):
-        for (b, w), prediction in zip(windows, predictions.to(stitching.device)):
-            band.add(b, w, prediction)
-    band.finish()
-    return labels
+    options = _Options(sw_batch_size, overlap, mode, sigma_scale, padding_mode, cval, sw_device, stitch_device,
+                       accumulate_dtype, progress)
+    return _sliding_window(image, roi_size, predictor, options, _ArgmaxBand)
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The keyword arguments of ``sliding_window_inference``."""
+
+    sw_batch_size: int
+    overlap: float
+    mode: BlendMode
+    sigma_scale: float
+    padding_mode: str
+    cval: float
+    sw_device: DeviceLike | None
+    stitch_device: DeviceLike | Literal["auto"] | None
+    accumulate_dtype: torch.dtype
+    progress: bool
+
+    def check(self) -> None:
+        if isinstance(self.sw_batch_size, bool) or not isinstance(self.sw_batch_size, int) or self.sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be an integer >= 1, got {self.sw_batch_size!r}")
+        _check_blending(self.mode, self.sigma_scale)
+        if self.padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {self.padding_mode!r}")
+        if not self.accumulate_dtype.is_floating_point:
+            raise ValueError(
+                f"accumulate_dtype must be a floating-point dtype (float32, float16, ...), got {self.accumulate_dtype}"
+            )
 
 
 @dataclass(frozen=True)
@@ -256,99 +259,141 @@ class _Stitching:
     importance: torch.Tensor
     weight_sum: torch.Tensor
 
-
-@dataclass(frozen=True)
-class _Run:
-    """One call's checked inputs: the window plan and the (padded if needed) image (B, C, *padded)."""
-
-    plan: WindowPlan
-    padded: torch.Tensor
-    mode: BlendMode
-    sigma_scale: float
-
-    def predict_in_batches(
-        self, predictor: Predictor, sw_batch_size: int, sw_device: DeviceLike | None, progress: bool
-    ) -> Iterator[tuple[list[tuple[int, int]], torch.Tensor]]:
-        """Yield ([(batch index, window index), ...], predictions (N, K, *roi) on sw_device), windows of
-        image 0 first, each image's windows in plan order."""
-        device = torch.device(sw_device) if sw_device is not None else self.padded.device
-        jobs = list(itertools.product(range(self.padded.shape[0]), range(len(self.plan.starts))))
-        num_classes = None
-        with tqdm(total=len(jobs), disable=not progress, desc="sliding window", unit="window") as bar:
-            for first in range(0, len(jobs), sw_batch_size):
-                chunk = jobs[first : first + sw_batch_size]
-                windows = torch.stack([self.padded[b][(slice(None), *self.plan.window_slices[w])] for b, w in chunk])
-                predictions = predictor(windows.to(device))
-                _check_prediction(predictions, windows.shape, num_classes)
-                num_classes = predictions.shape[1]
-                bar.update(len(chunk))
-                yield chunk, predictions
-
-    def start_stitching(
-        self,
-        image_device: torch.device,
-        sw_device: torch.device,
-        requested: DeviceLike | Literal["auto"] | None,
-        needed_bytes: int,
-    ) -> _Stitching:
-        """Pick the stitch device and make the importance map and the weight sum there."""
-        device = _stitch_device(requested, image_device, sw_device, needed_bytes)
-        importance = _cached_importance_map(self.plan.roi_size, self.mode, self.sigma_scale, device)
-        weight_sum = torch.zeros(self.plan.image_size, dtype=torch.float32, device=device)
-        for inside, within in self.plan.placements:
+    @classmethod
+    def make(cls, plan: WindowPlan, device: torch.device, mode: BlendMode, sigma_scale: float) -> _Stitching:
+        importance = _cached_importance_map(plan.roi_size, mode, sigma_scale, device)
+        weight_sum = torch.zeros(plan.image_size, dtype=torch.float32, device=device)
+        for inside, within in plan.placements:
             weight_sum[inside].add_(importance[within])
-        return _Stitching(device, importance, weight_sum)
+        return cls(device, importance, weight_sum)
+
+
+class _Sink(Protocol):
+    """What the window outputs are stitched into: the blended output, or labels from a slab band."""
+
+    stitching: _Stitching
+
+    @staticmethod
+    def bytes_needed(plan: WindowPlan, batch_size: int, num_classes: int, dtype: torch.dtype) -> int: ...
+
+    def __init__(
+        self, plan: WindowPlan, stitching: _Stitching, batch_size: int, num_classes: int, dtype: torch.dtype
+    ) -> None: ...
+
+    def add(self, b: int, w: int, prediction: torch.Tensor) -> None:
+        """Accumulate window ``w`` of image ``b``, prediction (K, *roi) on the stitch device."""
+
+    def finish(self) -> torch.Tensor: ...
+
+
+def _sliding_window(
+    image: torch.Tensor, roi_size: Sequence[int], predictor: Predictor, options: _Options, sink_type: type[_Sink]
+) -> torch.Tensor:
+    """Predict the windows in batches, in plan order, and hand each prediction to a ``sink_type`` sink."""
+    options.check()
+    plan, padded = _plan_and_pad(image, roi_size, options)
+    sw_device = torch.device(options.sw_device) if options.sw_device is not None else image.device
+    jobs = list(itertools.product(range(image.shape[0]), range(len(plan.starts))))  # (image, window), plan order
+    sink: _Sink | None = None
+    num_classes: int | None = None
+    with tqdm(total=len(jobs), disable=not options.progress, desc="sliding window", unit="window") as bar:
+        for first in range(0, len(jobs), options.sw_batch_size):
+            chunk = jobs[first : first + options.sw_batch_size]
+            views = [padded[b][(slice(None), *plan.window_slices[w])] for b, w in chunk]
+            windows = views[0].unsqueeze(0) if len(views) == 1 else torch.stack(views)  # a lone window is not copied
+            predictions = predictor(windows.to(sw_device))
+            _check_prediction(predictions, windows.shape, num_classes)
+            if sink is None:
+                num_classes = predictions.shape[1]
+                needed = sink_type.bytes_needed(plan, image.shape[0], num_classes, options.accumulate_dtype)
+                device = _stitch_device(options.stitch_device, image.device, sw_device, needed)
+                stitching = _Stitching.make(plan, device, options.mode, options.sigma_scale)
+                sink = sink_type(plan, stitching, image.shape[0], num_classes, options.accumulate_dtype)
+            for (b, w), prediction in zip(chunk, predictions.to(sink.stitching.device)):
+                sink.add(b, w, prediction)
+            del windows, predictions, prediction  # not held while the next windows are predicted
+            bar.update(len(chunk))
+    return sink.finish()
+
+
+class _BlendedOutput:
+    """The (B, K, *spatial) importance-weighted sum of the window outputs, divided by the weight sum at the end."""
+
+    @staticmethod
+    def bytes_needed(plan: WindowPlan, batch_size: int, num_classes: int, dtype: torch.dtype) -> int:
+        return (batch_size * num_classes * dtype.itemsize + 4) * math.prod(plan.image_size)
+
+    def __init__(
+        self, plan: WindowPlan, stitching: _Stitching, batch_size: int, num_classes: int, dtype: torch.dtype
+    ) -> None:
+        self.plan, self.stitching = plan, stitching
+        self.output = torch.zeros((batch_size, num_classes, *plan.image_size), dtype=dtype, device=stitching.device)
+
+    def add(self, b: int, w: int, prediction: torch.Tensor) -> None:
+        inside, within = self.plan.placements[w]
+        self.output[b][(slice(None), *inside)].addcmul_(prediction[(slice(None), *within)], self.stitching.importance[within])
+
+    def finish(self) -> torch.Tensor:
+        batch_size, num_classes, depth, *rest = self.output.shape
+        step = max(1, _NORMALISE_STEP_ELEMENTS // (num_classes * math.prod(rest)))
+        for b, lo in itertools.product(range(batch_size), range(0, depth, step)):
+            _normalise_(self.output[b, :, lo : lo + step], self.stitching.weight_sum[lo : lo + step])
+        return self.output
 
 
 class _ArgmaxBand:
-    """K-channel accumulators for the slabs of the first spatial axis that windows still touch.
+    """Labels (B, *spatial) from K-channel accumulators held only for the slabs that windows still touch.
 
-    The first axis is cut at every window's first and last voxel; a window covers whole slabs. A slab's
-    accumulator, (K, slab length, *other axes), is made when a window first touches it and reduced to
-    labels when a window of the same image starts at or after its end (windows come in order of start).
+    The first spatial axis is cut at every window's first and last voxel; a window covers whole slabs. A
+    slab's accumulator, (K, slab length, *other axes), is made when a window first touches it and reduced
+    to labels when a window of the same image starts at or after its end (windows come in order of start).
     """
 
+    @staticmethod
+    def bytes_needed(plan: WindowPlan, batch_size: int, num_classes: int, dtype: torch.dtype) -> int:
+        slab_voxels = math.prod(plan.image_size[1:])
+        band = num_classes * min(plan.roi_size[0], plan.image_size[0]) * slab_voxels * dtype.itemsize
+        return (batch_size * 8 + 4) * math.prod(plan.image_size) + band
+
     def __init__(
-        self, plan: WindowPlan, stitching: _Stitching, labels: torch.Tensor, num_classes: int, dtype: torch.dtype
+        self, plan: WindowPlan, stitching: _Stitching, batch_size: int, num_classes: int, dtype: torch.dtype
     ) -> None:
-        self.plan, self.stitching, self.labels = plan, stitching, labels
-        self.slab_shape = (num_classes, *plan.image_size[1:])
-        self.dtype = dtype
+        self.plan, self.stitching, self.num_classes, self.dtype = plan, stitching, num_classes, dtype
+        self.labels = torch.empty((batch_size, *plan.image_size), dtype=torch.int64, device=stitching.device)
         self.bounds = sorted({edge for inside, _ in plan.placements for edge in (inside[0].start, inside[0].stop)})
         self.live: dict[int, torch.Tensor] = {}
         self.batch_index = 0
 
     def add(self, b: int, w: int, prediction: torch.Tensor) -> None:
-        """Accumulate window ``w`` of image ``b``, prediction (K, *roi)."""
         if b != self.batch_index:
             self._finalise_before(self.plan.image_size[0])
             self.batch_index = b
         inside, within = self.plan.placements[w]
         self._finalise_before(inside[0].start)
-        first_slab = bisect.bisect_left(self.bounds, inside[0].start)
-        last_slab = bisect.bisect_left(self.bounds, inside[0].stop)
         offset = within[0].start - inside[0].start
-        for slab in range(first_slab, last_slab):
+        first_slab = bisect.bisect_left(self.bounds, inside[0].start)
+        for slab in range(first_slab, bisect.bisect_left(self.bounds, inside[0].stop)):
             lo, hi = self.bounds[slab], self.bounds[slab + 1]
             if slab not in self.live:
-                self.live[slab] = torch.zeros((self.slab_shape[0], hi - lo, *self.slab_shape[1:]), dtype=self.dtype,
-                                              device=self.stitching.device)
+                shape = (self.num_classes, hi - lo, *self.plan.image_size[1:])
+                self.live[slab] = torch.zeros(shape, dtype=self.dtype, device=self.stitching.device)
             window_part = (slice(lo + offset, hi + offset), *within[1:])
             self.live[slab][(slice(None), slice(None), *inside[1:])].addcmul_(
                 prediction[(slice(None), *window_part)], self.stitching.importance[window_part]
             )
 
-    def finish(self) -> None:
-        """Reduce the slabs still held (the last image's end)."""
+    def finish(self) -> torch.Tensor:
         self._finalise_before(self.plan.image_size[0])
+        return self.labels
 
     def _finalise_before(self, stop: int) -> None:
+        """Reduce to labels, and free, the held slabs of the current image that end at or before ``stop``."""
         for slab in sorted(self.live):
             lo, hi = self.bounds[slab], self.bounds[slab + 1]
             if hi > stop:
                 break
             accumulated = _normalise_(self.live.pop(slab), self.stitching.weight_sum[lo:hi])
-            self.labels[self.batch_index, lo:hi] = accumulated.argmax(0)
+            self.labels[self.batch_index, lo:hi] = accumulated.max(0).indices  # the first maximum, as argmax; faster
 
 
 def _normalise_(accumulated: torch.Tensor, weight_sum: torch.Tensor) -> torch.Tensor:
@@ -358,18 +403,9 @@ def _normalise_(accumulated: torch.Tensor, weight_sum: torch.Tensor) -> torch.Te
     return accumulated.copy_(accumulated.float().div_(weight_sum))
 
 
-def _prepare(
-    image: torch.Tensor,
-    roi_size: Sequence[int],
-    sw_batch_size: int,
-    overlap: float,
-    mode: BlendMode,
-    sigma_scale: float,
-    padding_mode: str,
-    cval: float,
-    accumulate_dtype: torch.dtype,
-) -> _Run:
-    """Check the arguments, plan the windows and pad the image if a window is larger than it."""
+def _plan_and_pad(image: torch.Tensor, roi_size: Sequence[int], options: _Options) -> tuple[WindowPlan, torch.Tensor]:
+    """Check the image against the window, plan the windows, and pad the image (B, C, *padded) if a window is
+    larger than it."""
     if not isinstance(image, torch.Tensor) or image.ndim not in (4, 5):
         got = f"shape {tuple(image.shape)}" if isinstance(image, torch.Tensor) else type(image).__name__
         raise ValueError(f"image must be a (B, C, H, W) or (B, C, D, H, W) tensor, got {got}")
@@ -381,25 +417,18 @@ def _prepare(
             f"roi_size {tuple(roi_size)} has {len(roi_size)} entries but the image (B, C, *spatial) = {tuple(image.shape)} "
             f"has {len(spatial)} spatial axes: give one window size per spatial axis"
         )
-    if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, int) or sw_batch_size < 1:
-        raise ValueError(f"sw_batch_size must be an integer >= 1, got {sw_batch_size!r}")
-    _check_blending(mode, sigma_scale)
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-    if not accumulate_dtype.is_floating_point:
-        raise ValueError(f"accumulate_dtype must be a floating-point dtype (float32, float16, ...), got {accumulate_dtype}")
-    plan = plan_windows(spatial, roi_size, overlap)
-    padded = image
-    if plan.needs_padding:
-        widths = [width for before_after in reversed(plan.padding) for width in before_after]  # last axis first
-        padded = F.pad(image, widths, mode=padding_mode, value=cval if padding_mode == "constant" else None)
-    return _Run(plan, padded, mode, sigma_scale)
+    plan = plan_windows(spatial, roi_size, options.overlap)
+    if not plan.needs_padding:
+        return plan, image
+    widths = [width for before_after in reversed(plan.padding) for width in before_after]  # last axis first
+    value = options.cval if options.padding_mode == "constant" else None
+    return plan, F.pad(image, widths, mode=options.padding_mode, value=value)
 
 
 def _check_sizes(image_size: Sequence[int], roi_size: Sequence[int]) -> None:
     if len(image_size) != len(roi_size):
         raise ValueError(f"roi_size {tuple(roi_size)} and image size {tuple(image_size)} have different numbers of axes")
-    if not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in roi_size):
+    if not all(isinstance(r, numbers.Integral) and not isinstance(r, bool) and r > 0 for r in roi_size):
         raise ValueError(f"roi_size entries must be positive integers, got {tuple(roi_size)}")
 
 
