@@ -1,0 +1,45 @@
+"""Dice + cross-entropy loss against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from medssl_train.losses import dice_ce_loss, soft_dice_loss
+
+
+def two_voxel_example() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two classes, two voxels: softmax (0.25, 0.75) at voxel 0 (target 1) and (0.5, 0.5) at voxel 1 (target 0)."""
+    logits = torch.tensor([[[0.0, 0.0], [math.log(3.0), 0.0]]])  # (B=1, K=2, S=2)
+    return logits, torch.tensor([[1, 0]])
+
+
+def test_soft_dice_matches_the_hand_computed_value() -> None:
+    logits, target = two_voxel_example()
+    # class 1: overlap 0.75, probability mass 0.75 + 0.5, one voxel of class 1
+    expected = 1 - 2 * 0.75 / (1.25 + 1)
+    assert soft_dice_loss(logits, target, smooth=0.0).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_dice_plus_cross_entropy_matches_the_hand_computed_value() -> None:
+    logits, target = two_voxel_example()
+    cross_entropy = -(math.log(0.75) + math.log(0.5)) / 2
+    expected = (1 - 2 * 0.75 / 2.25) + cross_entropy
+    assert dice_ce_loss(logits, target).item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_dice_is_averaged_over_images_and_foreground_classes() -> None:
+    target = torch.tensor([[[1, 2], [0, 0]], [[2, 2], [1, 0]]])  # (B=2, H=2, W=2), classes 0..2
+    perfect = torch.nn.functional.one_hot(target, 3).movedim(-1, 1).float() * 50
+    assert soft_dice_loss(perfect, target).item() == pytest.approx(0.0, abs=1e-5)
+    wrong = perfect.roll(1, dims=1)  # every voxel predicts the next class
+    assert soft_dice_loss(wrong, target).item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_shapes_are_checked() -> None:
+    with pytest.raises(ValueError, match="target must be"):
+        soft_dice_loss(torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
+    with pytest.raises(ValueError, match="K >= 2"):
+        dice_ce_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))

@@ -1,0 +1,43 @@
+"""Segmentation losses: soft Dice over the foreground classes plus cross-entropy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
+    """``1 - mean Dice`` of the softmax probabilities against one-hot targets, over foreground classes.
+
+    Args:
+        logits: ``(B, K, *S)`` raw class scores, K >= 2 (class 0 is background and not scored).
+        target: ``(B, *S)`` integer class indices in ``[0, K)``.
+        smooth: added to numerator and denominator; a class absent from an image and predicted nowhere
+            scores Dice 1.
+
+    Returns:
+        A scalar: one minus the Dice ``(2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth)``, computed per
+        image and per foreground class over the spatial axes, then averaged over both.
+    """
+    _check(logits, target)
+    probabilities = logits.softmax(dim=1)
+    one_hot = F.one_hot(target.long(), logits.shape[1]).movedim(-1, 1).to(probabilities.dtype)
+    spatial = tuple(range(2, logits.ndim))
+    overlap = (probabilities * one_hot).sum(spatial)
+    total = probabilities.sum(spatial) + one_hot.sum(spatial)
+    dice = (2 * overlap + smooth) / (total + smooth)  # (B, K)
+    return 1 - dice[:, 1:].mean()
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0, ce_weight: float = 1.0) -> torch.Tensor:
+    """``dice_weight * soft_dice_loss + ce_weight * cross-entropy`` (mean over voxels); shapes as :func:`soft_dice_loss`."""
+    _check(logits, target)
+    return dice_weight * soft_dice_loss(logits, target) + ce_weight * F.cross_entropy(logits, target.long())
+
+
+def _check(logits: torch.Tensor, target: torch.Tensor) -> None:
+    if logits.ndim < 3 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be (B, K, *S) with K >= 2 classes; got shape {tuple(logits.shape)}")
+    if target.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(f"target must be (B, *S) = {tuple(logits.shape[:1] + logits.shape[2:])} for logits "
+                         f"{tuple(logits.shape)}; got {tuple(target.shape)}")
