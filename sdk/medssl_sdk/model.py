@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from medssl_sdk.io import read_volume
-from medssl_sdk.preprocess import PreparedInput, prepare, resample, restore_labels
+from medssl_sdk.preprocess import PreparedInput, prepare, resample, restore_labels, restore_orientation
 from medssl_sdk.segmentation import Segmentation
 from medssl_sdk.sliding_window import sliding_window_argmax, sliding_window_inference
 from medssl_sdk.volume import Volume
@@ -133,9 +133,10 @@ class Model:
         windows = self._windows(prepared.tensor.ndim - 1, overlap, sw_batch_size, stitch_device, progress, low_memory)
         batch = prepared.tensor[None]
         with torch.inference_mode():
-            if low_memory and prepared.tensor.shape[1:] == volume.shape:
-                labels = sliding_window_argmax(batch, predictor=self._probabilities, **windows)[0]
-                array = labels.cpu().numpy().astype(np.uint8 if len(self._class_names()) <= 256 else np.int16)
+            if low_memory and prepared.tensor.shape[1:] == prepared.oriented.shape:
+                labels = sliding_window_argmax(batch, predictor=self._probabilities, **windows)[0].cpu().numpy()
+                labels = labels.astype(np.uint8 if len(self._class_names()) <= 256 else np.int16)
+                array = restore_orientation(labels, prepared.oriented, volume)
             else:
                 probabilities = sliding_window_inference(batch, predictor=self._probabilities, **windows)[0]
                 array = restore_labels(probabilities, prepared)

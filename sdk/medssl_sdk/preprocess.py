@@ -1,9 +1,9 @@
 """Pre-processing from a card's input spec, and its exact inverse for outputs.
 
-Forward (:func:`prepare`): resample the volume to the card's spacing, normalise intensities, repeat to the
-network's channel count. Inverse (:func:`restore_labels`): class probabilities on the prepared grid are
-resampled linearly back onto the input's grid, then arg-maxed, so a segmentation has the input's shape and
-affine.
+Forward (:func:`prepare`): reorient the volume to the card's axis layout, resample it to the card's
+spacing, normalise intensities, repeat to the network's channel count. Inverse (:func:`restore_labels`):
+class probabilities on the prepared grid are resampled linearly back onto the reoriented input grid,
+arg-maxed, and the labels flipped/permuted back, so a segmentation has the input's shape and affine.
 
 Resampling keeps the field of view: a grid of ``n`` voxels of spacing ``s`` becomes ``round(n * s / t)``
 voxels covering the same extent, sampled at cell centres (``align_corners=False``). The inverse maps
@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import nibabel.orientations as orientations
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -30,14 +31,44 @@ class PreparedInput:
     """A volume made ready for the network.
 
     Attributes:
-        tensor: ``(C, *S)`` float32, resampled to ``spacing`` and intensity-normalised.
+        tensor: ``(C, *S)`` float32, reoriented, resampled to ``spacing`` and intensity-normalised.
         spacing: the voxel size of ``tensor`` in mm (array order).
         original: the input volume; outputs are returned onto its grid.
+        oriented: the input reoriented to the card's layout (``original`` itself when none is set),
+            the grid ``tensor`` was resampled from.
     """
 
     tensor: torch.Tensor
     spacing: tuple[float, ...]
     original: Volume
+    oriented: Volume
+
+
+def reorient(volume: Volume, axcodes: str | None) -> Volume:
+    """``volume`` with its axes flipped/permuted so they run towards ``axcodes`` (e.g. ``"SAR"``); same voxels.
+
+    The closest anatomical direction of each axis is taken from the affine (oblique volumes keep their
+    obliquity in the affine). ``None``, a 2D volume or an already matching layout returns ``volume``.
+    """
+    if axcodes is None or volume.ndim != 3:
+        return volume
+    current = orientations.io_orientation(volume.affine)
+    transform = orientations.ornt_transform(current, orientations.axcodes2ornt(tuple(axcodes)))
+    if np.array_equal(transform, [[0, 1], [1, 1], [2, 1]]):
+        return volume
+    array = orientations.apply_orientation(volume.array, transform)
+    affine = volume.affine @ orientations.inv_ornt_aff(transform, volume.shape)
+    return Volume(array, affine, volume.metadata)
+
+
+def restore_orientation(array: np.ndarray, oriented: Volume, original: Volume) -> np.ndarray:
+    """An array on ``oriented``'s grid put back onto ``original``'s (the inverse of :func:`reorient`)."""
+    if oriented is original:
+        return array
+    transform = orientations.ornt_transform(
+        orientations.io_orientation(oriented.affine), orientations.io_orientation(original.affine)
+    )
+    return np.ascontiguousarray(orientations.apply_orientation(array, transform))
 
 
 def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple[int, ...]:
@@ -80,10 +111,12 @@ def normalise_intensity(x: torch.Tensor, intensity: Intensity) -> torch.Tensor:
 
 
 def prepare(volume: Volume, spec: InputSpec) -> PreparedInput:
-    """Resample ``volume`` to ``spec.spacing`` (if set), normalise it and repeat it to ``spec.channels``.
+    """Reorient ``volume`` to ``spec.orientation`` and resample it to ``spec.spacing`` (each if set), normalise
+    it and repeat it to ``spec.channels``.
 
     Raises ValueError naming the source if the image holds NaN or infinite values.
     """
+    original, volume = volume, reorient(volume, spec.orientation)
     image = torch.from_numpy(np.ascontiguousarray(volume.array, dtype=np.float32))
     if not torch.isfinite(image).all():
         bad = int((~torch.isfinite(image)).sum())
@@ -93,7 +126,7 @@ def prepare(volume: Volume, spec: InputSpec) -> PreparedInput:
         image = resample(image[None, None], resampled_shape(image.shape, spacing, spec.spacing))[0, 0]
         spacing = tuple(s * n / m for s, n, m in zip(spacing, volume.shape, image.shape))
     image = normalise_intensity(image, spec.intensity)
-    return PreparedInput(image.expand(spec.channels, *image.shape).contiguous(), spacing, volume)
+    return PreparedInput(image.expand(spec.channels, *image.shape).contiguous(), spacing, original, volume)
 
 
 def restore_labels(probabilities: torch.Tensor, prepared: PreparedInput, slab: int = 16) -> np.ndarray:
@@ -107,10 +140,11 @@ def restore_labels(probabilities: torch.Tensor, prepared: PreparedInput, slab: i
 
     Returns:
         ``(*original shape)`` uint8 (or int16 above 255 classes) label array: argmax over K of the
-        probabilities resampled linearly (``align_corners=False``, as :func:`resample`) onto the input
-        grid. Identical to ``resample(probabilities[None], shape).argmax(1)`` computed in one go.
+        probabilities resampled linearly (``align_corners=False``, as :func:`resample`) onto the
+        reoriented input grid — identical to ``resample(probabilities[None], shape).argmax(1)`` computed
+        in one go — then put back in the input's axis layout.
     """
-    target = prepared.original.shape
+    target = prepared.oriented.shape
     dtype = np.uint8 if probabilities.shape[0] <= 256 else np.int16
     labels = np.empty(target, dtype=dtype)
     source_rows = probabilities.shape[1]
@@ -125,4 +159,4 @@ def restore_labels(probabilities: torch.Tensor, prepared: PreparedInput, slab: i
         band = probabilities[:, lower] * (1 - weight) + probabilities[:, upper] * weight  # (K, rows, *S[1:])
         band = resample(band.transpose(0, 1), target[1:])  # (rows, K, *target[1:])
         labels[start : start + len(rows)] = band.argmax(1).cpu().numpy().astype(dtype)
-    return labels
+    return restore_orientation(labels, prepared.oriented, prepared.original)

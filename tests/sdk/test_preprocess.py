@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
-from medssl_sdk.preprocess import normalise_intensity, prepare, resample, resampled_shape, restore_labels
+from medssl_sdk.preprocess import (
+    normalise_intensity,
+    prepare,
+    reorient,
+    resample,
+    resampled_shape,
+    restore_labels,
+    restore_orientation,
+)
 from medssl_sdk.volume import Volume
 from medssl_zoo.card import InputSpec, Intensity
 
@@ -57,7 +66,6 @@ def test_restore_labels_equals_full_resample_then_argmax(shape: tuple, prepared_
     volume = Volume.from_array(np.zeros(shape))
     probabilities = torch.rand(5, *prepared_shape).softmax(0)
     prepared = prepare(volume, InputSpec(1, (16, 32, 32)[-len(shape):], CT))
-    prepared = type(prepared)(prepared.tensor, prepared.spacing, volume)
     expected = resample(probabilities[None], shape)[0].argmax(0).numpy()
     labels = restore_labels(probabilities, prepared, slab=4)
     assert labels.shape == shape and labels.dtype == np.uint8
@@ -66,3 +74,20 @@ def test_restore_labels_equals_full_resample_then_argmax(shape: tuple, prepared_
 
 def test_resampled_shape_rounds_and_keeps_one_voxel() -> None:
     assert resampled_shape((10, 3), (1.0, 0.1), (3.0, 1.0)) == (3, 1)
+
+
+def test_reorient_keeps_every_voxel_at_its_world_position() -> None:
+    rng = np.random.default_rng(4)
+    # An oblique-ish DICOM-like layout: axis 0 inferior, axis 1 towards the patient's left, axis 2 posterior.
+    affine = np.array([[0.0, -0.8, 0.05, 10.0], [0.0, 0.0, -0.7, 20.0], [-3.0, 0.0, 0.0, 30.0], [0, 0, 0, 1]])
+    volume = Volume(rng.normal(size=(5, 6, 7)), affine)
+    oriented = reorient(volume, "SAR")
+    assert oriented.shape == (5, 7, 6)
+    assert nib.aff2axcodes(oriented.affine) == ("S", "A", "R")  # per array axis, in our (D, H, W) order
+    for index in ((0, 0, 0), (4, 5, 6), (2, 3, 1)):
+        world = volume.affine @ (*index, 1)
+        oriented_index = np.linalg.solve(oriented.affine, world)[:3]
+        assert np.allclose(oriented_index, np.round(oriented_index))
+        assert oriented.array[tuple(np.round(oriented_index).astype(int))] == volume.array[index]
+    back = restore_orientation(oriented.array, oriented, volume)
+    assert np.array_equal(back, volume.array)

@@ -34,7 +34,7 @@ sha256 = "%s"
 
 
 def test_shipped_cards() -> None:
-    assert list_models() == ["unimiss-mit22", "unimiss-mit7"]
+    assert list_models() == ["phantom-mit-nano", "unimiss-mit22", "unimiss-mit7"]
     card = get_card("unimiss-mit22")
     assert card.spatial_dims == (2, 3)
     assert card.inputs["3d"].patch_size == (16, 96, 96)
@@ -81,3 +81,14 @@ def test_unknown_name_suggests_close_entries() -> None:
 def test_register_card_refuses_silent_shadowing() -> None:
     with pytest.raises(CardError, match="exists"):
         register_card(get_card("unimiss-mit7"))
+
+
+@pytest.mark.parametrize("orientation", ["SA", "SAA", "XYZ", "sar"])
+def test_bad_orientation_names_the_field(tmp_path: Path, orientation: str) -> None:
+    path = tmp_path / "card.toml"
+    path.write_text(
+        'name = "x"\n[architecture]\nname = "mit"\n[inputs.3d]\nchannels = 1\npatch_size = [16, 32, 64]\n'
+        f'orientation = "{orientation}"\nintensity = {{ kind = "zscore" }}\n'
+    )
+    with pytest.raises(CardError, match=r"card field 'inputs\.3d\.orientation'"):
+        ModelCard.from_toml(path)

@@ -17,6 +17,8 @@ from medssl_zoo.errors import CardError
 
 INTENSITY_KINDS = ("affine", "zscore", "unit-range")
 BRANCHES = ("2d", "3d")
+#: World axis named by each anatomical direction code (nibabel's axis codes).
+AXIS_OF_CODE = {"R": "x", "L": "x", "A": "y", "P": "y", "S": "z", "I": "z"}
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,19 @@ class Intensity:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """One input branch: channels the network takes, sliding-window patch, target spacing, intensity."""
+    """One input branch: channels the network takes, sliding-window patch, target spacing, intensity.
+
+    ``orientation`` (3D only) names the anatomical direction each array axis (D, H, W) runs towards, as
+    nibabel axis codes, e.g. ``"SAR"``: axis 0 towards Superior, axis 1 Anterior, axis 2 patient's Right.
+    Inputs are reoriented to it before the network (and labels back), so the network always sees the
+    layout it was trained on. None: arrays are used as read.
+    """
 
     channels: int
     patch_size: tuple[int, ...]
     intensity: Intensity
     spacing: tuple[float, ...] | None = None
+    orientation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,12 @@ class _Reader:
         clip = self.numbers(intensity, "clip", f"{where}.intensity.clip", 2, float)
         patch = self.numbers(raw, "patch_size", f"{where}.patch_size", dims, int, required=True)
         spacing = self.numbers(raw, "spacing", f"{where}.spacing", dims, float)
+        orientation = self.get(raw, "orientation", str, f"{where}.orientation", None)
+        if orientation is not None and (
+            dims != 3 or len(orientation) != 3 or sorted(AXIS_OF_CODE.get(c, "?") for c in orientation) != ["x", "y", "z"]
+        ):
+            problem = f"must be 3 axis codes, one each of R/L, A/P, S/I (3D only), e.g. 'SAR'; got {orientation!r}"
+            self.fail(f"{where}.orientation", problem)
         return InputSpec(
             channels=self.get(raw, "channels", int, f"{where}.channels"),
             patch_size=patch,
@@ -191,6 +206,7 @@ class _Reader:
                 scale=float(self.get(intensity, "scale", (int, float), f"{where}.intensity.scale", 1.0)),
             ),
             spacing=spacing,
+            orientation=orientation,
         )
 
     def numbers(
