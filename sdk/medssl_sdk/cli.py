@@ -54,8 +54,10 @@ def _segment(args: argparse.Namespace) -> None:
     output = _check_output(args.output, args, (".nii.gz", ".nii"))
     if args.overlay is not None:
         _check_output(args.overlay, args, (".png",))
+    volume = as_volume(args.input, series_uid=args.series, progress=not args.quiet)
+    if args.overlay is not None and volume.ndim != 3:
+        raise ValueError(f"{args.input}: --overlay draws 3D volumes; this input is a 2D image")
     model = _load(args)
-    volume = as_volume(args.input, series_uid=args.series)
     segmentation = model.segment(
         volume,
         overlap=args.overlap,
@@ -65,13 +67,17 @@ def _segment(args: argparse.Namespace) -> None:
     )
     segmentation.save(output, overwrite=args.overwrite)
     if args.overlay is not None:
-        render_overlay(volume, segmentation.labels, args.overlay)
+        try:
+            render_overlay(volume, segmentation.labels, args.overlay, overwrite=args.overwrite)
+        except BaseException:
+            output.unlink()  # all outputs or none
+            raise
     volumes = ", ".join(f"{name} {ml:.1f}" for name, ml in segmentation.volumes_ml().items() if ml > 0)
     _say(args, f"wrote {output} ({model.name}; {'ml' if volume.ndim == 3 else 'mm2'}: {volumes or 'nothing found'})")
 
 
 def _classify(args: argparse.Namespace) -> None:
-    probabilities = _load(args).classify(args.input, series_uid=args.series)
+    probabilities = _load(args).classify(as_volume(args.input, series_uid=args.series, progress=not args.quiet))
     if args.json:
         print(json.dumps(probabilities, indent=2))
         return
@@ -81,7 +87,7 @@ def _classify(args: argparse.Namespace) -> None:
 
 def _embed(args: argparse.Namespace) -> None:
     output = _check_output(args.output, args, (".npy",))
-    embedding = _load(args).embed(args.input, series_uid=args.series).numpy()
+    embedding = _load(args).embed(as_volume(args.input, series_uid=args.series, progress=not args.quiet)).numpy()
 
     def write(temporary: Path) -> None:
         with open(temporary, "wb") as stream:
@@ -184,6 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medssl: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug or an input no check foresaw: still one line, and the way to the traceback
+        if args.debug:
+            raise
+        print(f"medssl: internal error: {type(error).__name__}: {error} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
     return 0
 
 

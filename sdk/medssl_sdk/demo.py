@@ -58,7 +58,7 @@ class DemoReport:
 def run_demo(output: str | Path, device: str | None = None, seed: int | None = None, progress: bool = True) -> DemoReport:
     """Run the demo, writing ``phantom_ct.nii.gz``, ``phantom_seg.nii.gz`` and ``phantom_overlay.png`` in ``output``.
 
-    ``output`` is created if needed; the demo replaces only the files it wrote on an earlier run.
+    ``output`` is created if needed; files of those three names in it are replaced.
     """
     model = load(DEMO_MODEL, device=device)
     output = Path(output)
@@ -76,5 +76,5 @@ def run_demo(output: str | Path, device: str | None = None, seed: int | None = N
     files = (output / "phantom_ct.nii.gz", output / "phantom_seg.nii.gz", output / "phantom_overlay.png")
     write_nifti(image, files[0], overwrite=True)
     segmentation.save(files[1], overwrite=True)
-    render_overlay(image, segmentation.labels, files[2])
+    render_overlay(image, segmentation.labels, files[2], overwrite=True)
     return DemoReport(dice, seconds, str(model.device), files)

@@ -50,14 +50,21 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def as_volume(image: ImageInput, spacing: tuple[float, ...] | None = None, series_uid: str | None = None) -> Volume:
-    """Turn any accepted input into a Volume (reading files; arrays get an axis-aligned affine from ``spacing``)."""
+def as_volume(
+    image: ImageInput, spacing: tuple[float, ...] | None = None, series_uid: str | None = None, progress: bool = False
+) -> Volume:
+    """Turn any accepted input into a Volume: files are read (``progress``: a bar over a DICOM folder's files),
+    arrays get an axis-aligned affine from ``spacing`` (see :meth:`Volume.from_array`)."""
+    if isinstance(image, (str, Path)):
+        if spacing is not None:
+            raise ValueError(f"{image}: spacing= applies to arrays; files carry their own geometry")
+        return read_volume(image, series_uid=series_uid, progress=progress)
+    if series_uid is not None:
+        raise ValueError("series_uid= picks a series of a DICOM folder; this input is not a path")
     if isinstance(image, Volume):
         if spacing is not None:
             raise ValueError("spacing= applies to arrays; a Volume carries its own geometry")
         return image
-    if isinstance(image, (str, Path)):
-        return read_volume(image, series_uid=series_uid)
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):
@@ -128,7 +135,7 @@ class Model:
             a :class:`Segmentation` whose label Volume has the input's shape and affine.
         """
         self._require_task("segment")
-        volume = as_volume(image, spacing, series_uid)
+        volume = as_volume(image, spacing, series_uid, progress)
         prepared = prepare(volume, self._input_spec(volume))
         windows = self._windows(prepared.tensor.ndim - 1, overlap, sw_batch_size, stitch_device, progress, low_memory)
         batch = prepared.tensor[None]

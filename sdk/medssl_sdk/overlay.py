@@ -31,7 +31,8 @@ def _to_ras(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
     """The array reoriented so its axes run along +x (R), +y (A), +z (S), and the voxel size along each."""
     transform = orientations.io_orientation(volume.affine)
     array = orientations.apply_orientation(volume.array, transform)
-    spacing = np.array(volume.spacing)[transform[:, 0].astype(int)]
+    spacing = np.empty(3)
+    spacing[transform[:, 0].astype(int)] = volume.spacing  # input axis i becomes output axis transform[i, 0]
     return array, spacing
 
 
@@ -63,19 +64,25 @@ def render_overlay(
     window: tuple[float, float] = (-160.0, 240.0),
     opacity: float = 0.45,
     panel_height: int = 320,
+    overwrite: bool = False,
 ) -> Path:
     """Write a PNG of ``labels`` over ``image`` (same grid) in three planes; returns ``path``.
 
     Args:
         image: a 3D intensity volume (HU for CT; ``window`` maps [low, high] to black..white).
         labels: an integer label Volume on the same grid.
-        path: the PNG to write (atomically; an existing file is replaced).
+        path: the PNG to write, atomically; an existing file is replaced only with ``overwrite``.
         window: display window of the image.
         opacity: label colour opacity in [0, 1].
         panel_height: height of each panel in pixels.
     """
-    if image.ndim != 3 or image.shape != labels.shape or not np.allclose(image.affine, labels.affine, atol=1e-4):
-        raise ValueError(f"the overlay needs a 3D image and labels on the same grid; got {image} and {labels}")
+    if image.ndim != 3:
+        raise ValueError(f"{image.source}: overlays are drawn for 3D volumes; this image is 2D {image.shape}")
+    if image.shape != labels.shape or not np.allclose(image.affine, labels.affine, atol=1e-4):
+        raise ValueError(f"the overlay needs labels on the image's grid; got shapes {image.shape} and {labels.shape}")
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
     grey, spacing = _to_ras(image)
     label_array, _ = _to_ras(labels)
     foreground = np.argwhere(label_array > 0)
@@ -98,6 +105,5 @@ def render_overlay(
     for panel in panels:
         canvas[: panel.shape[0], left : left + panel.shape[1]] = panel
         left += panel.shape[1] + 4
-    path = Path(path)
     write_atomically(path, lambda temporary: Image.fromarray(canvas).save(temporary, format="PNG"))
     return path

@@ -34,7 +34,9 @@ class Segmentation:
 
     def volumes_ml(self) -> dict[str, float]:
         """Volume in millilitres (area in mm^2 for 2D) of each foreground class, by name."""
-        voxel = float(np.prod(self.labels.spacing))
+        axes = self.labels.affine[:3, : self.labels.ndim]
+        # The voxel's true size even for sheared (gantry-tilt) grids: |det| in 3D, the parallelogram's area in 2D.
+        voxel = abs(np.linalg.det(axes)) if self.labels.ndim == 3 else float(np.linalg.norm(np.cross(*axes.T)))
         counts = np.bincount(self.labels.array.ravel(), minlength=len(self.classes))
         scale = voxel / 1000.0 if self.labels.ndim == 3 else voxel
         return {name: float(counts[index]) * scale for index, name in enumerate(self.classes) if index > 0}

@@ -103,7 +103,7 @@ def empty_folder(path: Path) -> Path:
 def test_bad_inputs_exit_1_with_a_clear_line_and_no_output(files, tmp_path, capsys, make_input, message) -> None:
     source = make_input(tmp_path)
     output = tmp_path / "seg.nii.gz"
-    code, _, err = run(capsys, "segment", source, "-m", files["segmenter"], "-o", output)
+    code, _, err = run(capsys, "--quiet", "segment", source, "-m", files["segmenter"], "-o", output)
     assert code == 1
     assert err.startswith("medssl: error:") and message in err and err.count("\n") == 1
     assert not output.exists() and not any(p.name.startswith(".seg") for p in tmp_path.iterdir())
@@ -146,3 +146,26 @@ def test_embed_writes_npy(files, tmp_path, capsys) -> None:
     code, _, err = run(capsys, "--quiet", "embed", files["ct"], "-m", files["encoder"], "-o", output)
     assert code == 0, err
     assert np.load(output).shape == (build_model(nano_card()).embedding_dim,)
+
+
+def test_overlay_of_a_2d_input_is_refused_before_anything_is_written(files, tmp_path, capsys) -> None:
+    from PIL import Image
+
+    image = tmp_path / "xray.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)).save(image)
+    output, overlay = tmp_path / "seg.nii.gz", tmp_path / "seg.png"
+    code, _, err = run(capsys, "segment", image, "-m", files["segmenter"], "-o", output, "--overlay", overlay)
+    assert code == 1 and "--overlay draws 3D volumes" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["xray.png"]
+
+
+def test_an_unforeseen_exception_is_still_one_line(files, tmp_path, capsys, monkeypatch) -> None:
+    import medssl_sdk.cli as cli
+
+    def broken(*args, **kwargs):
+        raise TypeError("'NoneType' object is not iterable")
+
+    monkeypatch.setattr(cli, "as_volume", broken)
+    code, _, err = run(capsys, "segment", files["ct"], "-m", files["segmenter"], "-o", tmp_path / "seg.nii.gz")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("medssl: internal error: TypeError:") and "--debug" in err

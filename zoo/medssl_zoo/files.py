@@ -8,6 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Read once at import: os.umask can only be read by setting it, which is not thread-safe later on.
+_UMASK = _current_umask()
+
+
 def write_atomically(target: Path | str, write: Callable[[Path], None]) -> None:
     """Call ``write(temporary)`` on a temporary file beside ``target``, fsync it, then rename it over ``target``.
 
@@ -19,6 +29,7 @@ def write_atomically(target: Path | str, write: Callable[[Path], None]) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
     os.close(handle)
     try:
+        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file a normal file's mode
         write(Path(temporary))
         with open(temporary, "rb") as stream:
             os.fsync(stream.fileno())
