@@ -145,7 +145,7 @@ def test_source_is_never_overwritten(tmp_path: Path) -> None:
     volume = read_nifti(source)
     for spelling in (source, tmp_path / "sub" / ".." / "ct.nii.gz"):
         (tmp_path / "sub").mkdir(exist_ok=True)
-        with pytest.raises(VolumeWriteError, match="is the file this volume was read from"):
+        with pytest.raises(VolumeWriteError, match="is the input this output is made from"):
             write_nifti(volume.with_array(volume.array + 1), spelling, overwrite=True)
     assert source.read_bytes() == before
 
@@ -173,7 +173,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.
 
 def test_bad_targets_are_refused(tmp_path: Path) -> None:
     volume = Volume.from_array(np.zeros((2, 2, 2), np.float32))
-    with pytest.raises(VolumeWriteError, match="must end in .nii or .nii.gz"):
+    with pytest.raises(VolumeWriteError, match=r"must end in \.nii or \.nii\.gz"):
         write_nifti(volume, tmp_path / "out.nrrd")
     with pytest.raises(VolumeWriteError, match="does not exist; create it first"):
         write_nifti(volume, tmp_path / "no" / "out.nii.gz")

@@ -24,4 +24,4 @@ class VolumeReadError(MedsslError, ValueError):
 
 
 class VolumeWriteError(MedsslError, ValueError):
-    """A volume was not written: the target exists, is the volume's own source, or has the wrong suffix."""
+    """A volume was not written: its target was refused (``check_output_path``) or its data cannot be stored."""

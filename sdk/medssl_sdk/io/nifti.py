@@ -8,7 +8,6 @@ turns a Volume back into nibabel's order when writing.
 
 from __future__ import annotations
 
-import os
 import zlib
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from medssl_sdk.io.errors import VolumeReadError, VolumeWriteError
+from medssl_sdk.io.output_paths import check_output_path
 from medssl_sdk.volume import Volume
 from medssl_zoo.files import write_atomically
 
@@ -79,22 +79,11 @@ def write_nifti(volume: Volume, path: str | Path, overwrite: bool = False) -> Pa
     uint8, int16, int32 that holds their values; others as float32. Both qform and sform are set with
     code 1 (scanner), units mm, so other tools (ITK, FSL, 3D Slicer) place the image identically.
 
-    Raises ``VolumeWriteError`` if ``path`` exists and ``overwrite`` is false, if ``path`` is the file the
-    volume was read from (``metadata["source"]``, refused even with ``overwrite``), or if the suffix is
-    not a NIfTI one. A failure mid-write leaves no partial file and any previous file untouched.
+    The target is checked by ``check_output_path`` (suffix, never ``metadata["source"]``, not an existing
+    file unless ``overwrite``, parent folder exists), which raises ``VolumeWriteError``. A failure
+    mid-write leaves no partial file and any previous file untouched.
     """
-    path = Path(path)
-    if not is_nifti_path(path):
-        raise VolumeWriteError(f"{path}: a NIfTI file name must end in .nii or .nii.gz")
-    source = volume.metadata.get("source")
-    if source is not None and _is_same_file(path, Path(source)):
-        raise VolumeWriteError(f"{path}: is the file this volume was read from; inputs are never overwritten, choose another path")
-    if path.exists() and not overwrite:
-        raise VolumeWriteError(f"{path}: already exists; pass overwrite=True (CLI: --overwrite) or choose another path")
-    if path.is_dir():
-        raise VolumeWriteError(f"{path}: is a folder; give a file name ending in .nii or .nii.gz")
-    if not path.parent.is_dir():
-        raise VolumeWriteError(f"{path}: the folder {path.parent} does not exist; create it first")
+    path = check_output_path(path, NIFTI_SUFFIXES, overwrite=overwrite, source=volume.metadata.get("source"))
     image = _nifti_image(volume)
     write_atomically(path, lambda temporary: nib.save(image, temporary))
     return path
@@ -139,10 +128,3 @@ def _storage_dtype(array: np.ndarray, where: str) -> np.dtype:
     if array.dtype.kind == "f":
         return np.dtype(np.float32)
     raise VolumeWriteError(f"{where}: arrays of dtype {array.dtype} cannot be written as NIfTI; convert to a real number type")
-
-
-def _is_same_file(target: Path, source: Path) -> bool:
-    """True if ``target`` names the same file as ``source`` (through links and relative paths)."""
-    if target.exists() and source.exists():
-        return os.path.samefile(target, source)
-    return target.resolve() == source.resolve()
