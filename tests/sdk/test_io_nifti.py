@@ -75,6 +75,20 @@ def test_label_maps_are_written_as_small_integers(tmp_path: Path, values: np.nda
     np.testing.assert_array_equal(back.array, labels)
 
 
+def test_sheared_affine_is_kept_in_the_sform_with_an_unknown_qform(tmp_path: Path) -> None:
+    tilted = oblique_affine()
+    tilted[:3, 0] += 0.25 * tilted[:3, 1]  # slices shift along the rows, as for a CT gantry tilt: the axes are not orthogonal
+    tilted = tilted.astype(np.float32).astype(np.float64)
+    volume = Volume(np.random.default_rng(4).normal(size=(4, 5, 6)).astype(np.float32), tilted)
+    write_nifti(volume, tmp_path / "tilted.nii.gz")
+    header = nib.load(tmp_path / "tilted.nii.gz").header
+    assert (int(header["qform_code"]), int(header["sform_code"])) == (0, 1)  # a qform cannot hold the shear
+    np.testing.assert_array_equal(header.get_sform()[:, [2, 1, 0, 3]], tilted)
+    back = read_nifti(tmp_path / "tilted.nii.gz")
+    np.testing.assert_array_equal(back.affine, tilted)
+    np.testing.assert_array_equal(back.array, volume.array)
+
+
 def test_boolean_mask_is_written_as_uint8(tmp_path: Path) -> None:
     mask = np.random.default_rng(2).random((3, 4, 5)) > 0.5
     write_nifti(Volume.from_array(mask), tmp_path / "mask.nii.gz")

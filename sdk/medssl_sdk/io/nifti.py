@@ -25,8 +25,11 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Reverses (i, j, k) <-> (k, j, i) on an affine's columns (translation column kept).
 _REVERSE_AXES = [2, 1, 0, 3]
 
-#: NIfTI xform code 1: "scanner-based anatomical coordinates", what dcm2niix writes.
-_SCANNER_XFORM = 1
+#: NIfTI xform codes: 0 "unknown" (readers ignore that transform), 1 "scanner-based anatomical coordinates".
+_UNKNOWN_XFORM, _SCANNER_XFORM = 0, 1
+
+#: Largest |cosine| between two affine axes still written as orthogonal (a qform cannot hold a shear).
+_ORTHOGONAL_TOLERANCE = 1e-5
 
 #: Errors nibabel lets through for damaged, truncated or non-NIfTI files.
 _DAMAGED_FILE_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error)
@@ -76,8 +79,10 @@ def write_nifti(volume: Volume, path: str | Path, overwrite: bool = False) -> Pa
 
     The array goes back to nibabel's ``(i, j, k)`` order; a 2D ``(H, W)`` volume becomes a single-slice
     3D image along its normal. Integer and boolean arrays (label maps) are written as the smallest of
-    uint8, int16, int32 that holds their values; others as float32. Both qform and sform are set with
-    code 1 (scanner), units mm, so other tools (ITK, FSL, 3D Slicer) place the image identically.
+    uint8, int16, int32 that holds their values; others as float32. Units are mm. The sform holds the
+    affine with code 1 (scanner). The qform, which holds only rotations, zooms and shifts, gets the same
+    affine with code 1 when its axes are orthogonal, so other tools (ITK, FSL, 3D Slicer) place the image
+    identically; a sheared affine (CT gantry tilt) gets qform code 0 (unknown), so readers use the exact sform.
 
     The target is checked by ``check_output_path`` (suffix, never ``metadata["source"]``, not an existing
     file unless ``overwrite``, parent folder exists), which raises ``VolumeWriteError``. A failure
@@ -110,9 +115,15 @@ def _nifti_image(volume: Volume) -> nib.Nifti1Image:
     image = nib.Nifti1Image(data, nib_affine)
     image.set_data_dtype(data.dtype)
     image.header.set_xyzt_units(xyz="mm")
-    image.set_qform(nib_affine, code=_SCANNER_XFORM)
+    image.set_qform(nib_affine, code=_SCANNER_XFORM if _has_orthogonal_axes(nib_affine) else _UNKNOWN_XFORM)
     image.set_sform(nib_affine, code=_SCANNER_XFORM)
     return image
+
+
+def _has_orthogonal_axes(affine: np.ndarray) -> bool:
+    """True if the ``(4, 4)`` affine's three axis columns are orthogonal (no shear), within ``_ORTHOGONAL_TOLERANCE``."""
+    axes = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    return bool(np.abs(axes.T @ axes - np.eye(3)).max() <= _ORTHOGONAL_TOLERANCE)
 
 
 def _storage_dtype(array: np.ndarray, where: str) -> np.dtype:
@@ -128,3 +139,4 @@ def _storage_dtype(array: np.ndarray, where: str) -> np.dtype:
     if array.dtype.kind == "f":
         return np.dtype(np.float32)
     raise VolumeWriteError(f"{where}: arrays of dtype {array.dtype} cannot be written as NIfTI; convert to a real number type")
+
