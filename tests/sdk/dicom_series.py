@@ -7,12 +7,16 @@
 - ``assert_same_image``: two arrays with affines show the same voxels at the same world positions,
   whatever their axis order or flips (e.g. ours against dcm2niix's NIfTI).
 - ``read_with_dcm2niix``: convert a series folder with dcm2niix; its NIfTI data and affine (nibabel order).
+
+Compressed series need pydicom's encoders: ``ENCODER_PACKAGES`` names the pip packages (pyproject's
+``dicom`` extra); a missing one is an error saying what to install, never a skip.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -20,12 +24,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import get_encoder
 from pydicom.uid import (
     UID,
     ComputedRadiographyImageStorage,
     CTImageStorage,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
     MRImageStorage,
     generate_uid,
 )
@@ -50,6 +57,9 @@ SERIES_MODALITIES: dict[str, tuple[UID, dict[str, object]]] = {
         },
     ),
 }
+
+#: pip packages that give pydicom an encoder for the compressed transfer syntaxes the tests write (RLE is built in).
+ENCODER_PACKAGES = {JPEG2000Lossless: "pylibjpeg pylibjpeg-openjpeg", JPEGLSLossless: "pyjpegls"}
 
 #: SOP classes of the single-frame radiographs ``write_dicom_image_2d`` writes.
 RADIOGRAPH_MODALITIES = {"DX": DigitalXRayImageStorageForPresentation, "CR": ComputedRadiographyImageStorage}
@@ -92,7 +102,7 @@ def write_dicom_series(
         shuffle: write files in random order with random names (readers must sort by position); else
             ``slice_0000`` ... in slice order.
         transfer_syntax: Explicit/Implicit VR Little Endian, or a compressed syntax pydicom can encode
-            (e.g. RLE Lossless).
+            (RLE Lossless; JPEG 2000 and JPEG-LS Lossless with ``ENCODER_PACKAGES``).
         series_description, series_number: General Series attributes.
         seed: makes names and order reproducible.
         edit: called as ``edit(dataset, d)`` before each file is saved, to break a slice on purpose
@@ -154,11 +164,13 @@ def write_dicom_image_2d(
     photometric: str = "MONOCHROME2",
     bits_stored: int = 12,
     rescale: tuple[float, float] | None = None,
+    edit: Callable[[Dataset], None] | None = None,
 ) -> Path:
     """Write ``stored`` (``(H, W)`` unsigned stored values < ``2**bits_stored``) as one DX or CR image file.
 
     ``spacing`` (row, column mm) goes into ``spacing_keyword`` (``PixelSpacing`` or ``ImagerPixelSpacing``;
-    None writes neither); ``rescale = (slope, intercept)`` is written when given.
+    None writes neither); ``rescale = (slope, intercept)`` is written when given; ``edit(dataset)`` is
+    called before saving, to break the file on purpose.
     """
     if modality not in RADIOGRAPH_MODALITIES:
         raise ValueError(f"modality must be one of {sorted(RADIOGRAPH_MODALITIES)}; got {modality!r}")
@@ -174,6 +186,8 @@ def write_dicom_image_2d(
         setattr(dataset, spacing_keyword, [_ds(value) for value in spacing])
     if rescale is not None:
         dataset.RescaleSlope, dataset.RescaleIntercept, dataset.RescaleType = _ds(rescale[0]), _ds(rescale[1]), "US"
+    if edit is not None:
+        edit(dataset)
     path = Path(path)
     _save(dataset, path, ExplicitVRLittleEndian)
     return path
@@ -207,6 +221,9 @@ def assert_same_image(
 
 def read_with_dcm2niix(series_directory: Path, output_directory: Path) -> tuple[np.ndarray, np.ndarray]:
     """Convert ``series_directory`` with dcm2niix; return its NIfTI's scaled data and affine (nibabel's (i, j, k) order)."""
+    assert shutil.which("dcm2niix") is not None, (
+        "dcm2niix is not installed; the DICOM tests compare against it: `apt-get install dcm2niix` (CI installs it)"
+    )
     output_directory.mkdir(parents=True, exist_ok=True)
     subprocess.run(
         ["dcm2niix", "-z", "y", "-b", "n", "-f", "converted", "-o", str(output_directory), str(series_directory)],
@@ -269,10 +286,19 @@ def _save(dataset: Dataset, path: Path, transfer_syntax: str) -> None:
     dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     if UID(transfer_syntax).is_compressed:
+        _require_encoder(UID(transfer_syntax))
         dataset.compress(transfer_syntax, generate_instance_uid=False)
     else:
         dataset.file_meta.TransferSyntaxUID = transfer_syntax
     dataset.save_as(path, enforce_file_format=True)
+
+
+def _require_encoder(transfer_syntax: UID) -> None:
+    """Fail, naming the pip packages to install, unless pydicom can encode ``transfer_syntax`` here."""
+    assert get_encoder(transfer_syntax).is_available, (
+        f"pydicom has no encoder for {transfer_syntax.name} here: "
+        f"`pip install {ENCODER_PACKAGES.get(transfer_syntax, 'pylibjpeg')}` (pyproject's dicom extra)"
+    )
 
 
 def _stored_values(values: np.ndarray, slope: float, intercept: float, dtype: type[np.integer]) -> np.ndarray:

@@ -1,13 +1,15 @@
-"""2D images: PNG (8/16-bit, colour), JPEG, DICOM DX/CR (spacing, MONOCHROME1, rescale), dispatch and bad files."""
+"""2D images: PNG (8/16-bit, colour), JPEG, DICOM DX/CR (spacing, MONOCHROME1 after rescale, bare files), dispatch, bad files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from dicom_series import write_dicom_image_2d, write_dicom_series
 from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
 
 from medssl_sdk.io import VolumeReadError, read_image_2d, read_volume
 from medssl_sdk.volume import Volume
@@ -63,11 +65,16 @@ def test_dx_monochrome2_with_pixel_spacing(tmp_path: Path, rng: np.random.Genera
     assert (image.metadata["modality"], image.metadata["spacing_from"]) == ("DX", "PixelSpacing")
 
 
-def test_dx_monochrome1_is_inverted(tmp_path: Path, rng: np.random.Generator) -> None:
+@pytest.mark.parametrize("rescale", [None, (2.0, -100.0), (-0.5, 1000.0)], ids=["stored", "slope 2", "slope -0.5"])
+def test_dx_monochrome1_is_inverted_after_rescale(
+    tmp_path: Path, rng: np.random.Generator, rescale: tuple[float, float] | None
+) -> None:
     stored = rng.integers(0, 4096, size=(16, 16))
-    path = write_dicom_image_2d(stored, tmp_path / "inverted.dcm", photometric="MONOCHROME1", bits_stored=12)
+    path = write_dicom_image_2d(stored, tmp_path / "inverted.dcm", photometric="MONOCHROME1", bits_stored=12, rescale=rescale)
     image = read_volume(path)
-    np.testing.assert_array_equal(image.array, 4095 - stored)  # bright bone stays bright
+    slope, intercept = rescale or (1.0, 0.0)
+    low, high = sorted([intercept, 4095 * slope + intercept])  # the rescaled range of 12-bit stored values
+    np.testing.assert_array_equal(image.array, low + high - (slope * stored + intercept))  # bright bone stays bright
     assert image.metadata["photometric_interpretation"] == "MONOCHROME1"
 
 
@@ -85,6 +92,50 @@ def test_radiograph_without_spacing_gets_one_millimetre(tmp_path: Path) -> None:
     path = write_dicom_image_2d(np.zeros((4, 5), int), tmp_path / "plain.dcm", spacing=None)
     image = read_image_2d(path)
     assert image.spacing == (1.0, 1.0) and image.metadata["spacing_from"] == "none"
+
+
+def empty_pixel_spacing(dataset: Dataset) -> None:
+    dataset.PixelSpacing = ""  # present but zero-length: DICOM's "unknown"
+
+
+def test_empty_pixel_spacing_counts_as_absent(tmp_path: Path) -> None:
+    at_detector = write_dicom_image_2d(
+        np.zeros((4, 5), int),
+        tmp_path / "detector.dcm",
+        spacing=(0.1, 0.125),
+        spacing_keyword="ImagerPixelSpacing",
+        edit=empty_pixel_spacing,
+    )
+    image = read_image_2d(at_detector)
+    assert image.spacing == pytest.approx((0.1, 0.125)) and image.metadata["spacing_from"] == "ImagerPixelSpacing"
+    alone = write_dicom_image_2d(np.zeros((4, 5), int), tmp_path / "alone.dcm", spacing=None, edit=empty_pixel_spacing)
+    image = read_image_2d(alone)
+    assert image.spacing == (1.0, 1.0) and image.metadata["spacing_from"] == "none"
+
+
+@pytest.mark.parametrize(
+    ("spacing", "expected"),
+    [
+        ("0.2", r"PixelSpacing has 1 value \[0\.2\]; need 2"),
+        (["0.2", "0"], r"PixelSpacing has values \[0\.2, 0\.0\] that are not positive"),
+    ],
+)
+def test_malformed_pixel_spacing_is_named(tmp_path: Path, spacing: object, expected: str) -> None:
+    def malformed(dataset: Dataset) -> None:
+        dataset.PixelSpacing = spacing
+
+    path = write_dicom_image_2d(np.zeros((4, 5), int), tmp_path / "bad.dcm", edit=malformed)
+    with pytest.raises(VolumeReadError, match=f"bad.dcm: {expected}"):
+        read_volume(path)
+
+
+def test_bare_dicom_radiograph_without_preamble(tmp_path: Path, rng: np.random.Generator) -> None:
+    stored = rng.integers(0, 4096, size=(8, 6))
+    dataset = pydicom.dcmread(write_dicom_image_2d(stored, tmp_path / "with_preamble"))
+    dataset.preamble, dataset.file_meta = None, FileMetaDataset()
+    dataset.save_as(tmp_path / "bare.dcm", implicit_vr=True, little_endian=True)  # as old exports write them
+    assert not pydicom.misc.is_dicom(tmp_path / "bare.dcm")
+    np.testing.assert_array_equal(read_volume(tmp_path / "bare.dcm").array, stored)
 
 
 def test_slice_of_a_ct_series_is_read_only_on_request(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -105,7 +156,7 @@ def test_bad_files(tmp_path: Path) -> None:
     with pytest.raises(VolumeReadError, match="neither a .png/.jpg/.jpeg image nor a DICOM file"):
         read_image_2d(tmp_path / "notes.txt")
     (tmp_path / "garbage.dcm").write_bytes(b"\x00garbage" * 40)
-    with pytest.raises(VolumeReadError, match="garbage.dcm: is named like a DICOM file but lacks the DICM preamble"):
+    with pytest.raises(VolumeReadError, match="garbage.dcm: is named like a DICOM file but has no DICM preamble"):
         read_volume(tmp_path / "garbage.dcm")
     with pytest.raises(VolumeReadError, match="missing.png: does not exist"):
         read_volume(tmp_path / "missing.png")

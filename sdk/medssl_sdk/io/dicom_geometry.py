@@ -43,20 +43,20 @@ class SlicePlane:
     column_spacing: float
 
     @classmethod
-    def from_tags(cls, orientation: Sequence[float], pixel_spacing: Sequence[float], where: Path) -> SlicePlane:
-        """Build from ``ImageOrientationPatient`` (6 numbers) and ``PixelSpacing`` (2 numbers), checking both."""
-        values = np.asarray(orientation, dtype=np.float64)
-        spacing = np.asarray(pixel_spacing, dtype=np.float64)
-        if values.shape != (6,) or spacing.shape != (2,) or not (np.all(np.isfinite(spacing)) and np.all(spacing > 0)):
+    def from_tags(cls, orientation: np.ndarray, pixel_spacing: np.ndarray, where: Path) -> SlicePlane:
+        """Build from ``ImageOrientationPatient`` (``(6,)``) and ``PixelSpacing`` (``(2,)``, positive).
+
+        Both as read by ``dicom_tags.tag_numbers`` (finite numbers); raises unless the two cosines are
+        orthogonal unit vectors.
+        """
+        row, column = orientation[:3], orientation[3:]
+        if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(column) - 1) > 1e-3 or abs(row @ column) > 1e-3:
             raise VolumeReadError(
                 where,
-                f"invalid ImageOrientationPatient {list(values)} or PixelSpacing {list(spacing)}: "
-                "need 6 direction cosines and 2 positive spacings",
+                f"ImageOrientationPatient {orientation.tolist()} is not two orthogonal unit vectors: re-export the image "
+                "or correct the tag",
             )
-        row, column = values[:3], values[3:]
-        if abs(np.linalg.norm(row) - 1) > 1e-3 or abs(np.linalg.norm(column) - 1) > 1e-3 or abs(row @ column) > 1e-3:
-            raise VolumeReadError(where, f"ImageOrientationPatient {list(values)} is not two orthogonal unit vectors")
-        return cls(row / np.linalg.norm(row), column / np.linalg.norm(column), float(spacing[0]), float(spacing[1]))
+        return cls(row / np.linalg.norm(row), column / np.linalg.norm(column), float(pixel_spacing[0]), float(pixel_spacing[1]))
 
     @property
     def normal(self) -> np.ndarray:
@@ -122,23 +122,21 @@ def slice_order(positions: np.ndarray, plane: SlicePlane, names: Sequence[str], 
     return order
 
 
-def slice_step(
-    sorted_positions: np.ndarray, plane: SlicePlane, single_slice_thickness: float | None, where: Path
-) -> np.ndarray:
+def slice_step(sorted_positions: np.ndarray, plane: SlicePlane, single_slice_spacing: float | None, where: Path) -> np.ndarray:
     """``(3,)`` LPS displacement from one slice to the next.
 
     For two or more slices, the mean step between the first and last IPP; every IPP must lie on that line
     (a constant in-plane offset, e.g. CT gantry tilt, gives a sheared affine that places voxels exactly).
-    A single slice has no neighbour: its step is the normal times ``single_slice_thickness``
-    (``SpacingBetweenSlices`` or ``SliceThickness``), which must be given.
+    A single slice has no neighbour: its step is the normal times ``single_slice_spacing`` (the caller
+    reads it from SpacingBetweenSlices or SliceThickness), which must be given.
     """
     count = len(sorted_positions)
     if count == 1:
-        if not single_slice_thickness or single_slice_thickness <= 0:
+        if single_slice_spacing is None:
             raise VolumeReadError(
                 where, "single-slice series without SpacingBetweenSlices or SliceThickness: its slice spacing is unknown"
             )
-        return plane.normal * single_slice_thickness
+        return plane.normal * single_slice_spacing
     step = (sorted_positions[-1] - sorted_positions[0]) / (count - 1)
     expected = sorted_positions[0] + np.arange(count)[:, None] * step
     deviation = float(np.max(np.linalg.norm(sorted_positions - expected, axis=1)))

@@ -1,8 +1,10 @@
 """A folder of DICOM files -> its series -> one series as a 3D ``Volume``.
 
-The folder is searched recursively. Files without the DICOM preamble and DICOM files without pixel data
-(DICOMDIR, reports, presentation states) are ignored and counted in ``metadata["ignored_files"]``; a file
-named ``*.dcm`` that is not DICOM, or a DICOM file that cannot be parsed, is an error (it may be a lost slice).
+The folder is searched recursively. Hidden files (a name or folder starting with ``.``), macOS AppleDouble
+files, files that are not DICOM and DICOM files without pixel data (DICOMDIR, reports, presentation states)
+are ignored and counted in ``metadata["ignored_files"]``. A file named ``*.dcm`` without the DICOM preamble
+is read if it parses as a bare DICOM image (old exports); one that does not, or a DICOM file that cannot be
+parsed, is an error (it may be a lost slice).
 """
 
 from __future__ import annotations
@@ -16,10 +18,17 @@ import numpy as np
 from pydicom.dataset import Dataset
 from tqdm.auto import tqdm
 
-from medssl_sdk.io.dicom_files import grey_values, looks_like_dicom, read_header, refuse_misnamed_file, require_single_frame
+from medssl_sdk.io.dicom_files import grey_values, is_appledouble, read_dicom_header, require_single_frame
 from medssl_sdk.io.dicom_geometry import SlicePlane, slice_order, slice_step
+from medssl_sdk.io.dicom_tags import has_value, tag_numbers
 from medssl_sdk.io.errors import VolumeReadError
 from medssl_sdk.volume import LPS_TO_RAS, Volume
+
+#: SeriesDescription is cut to this many characters in listings (DICOM's limit for its VR, LO).
+DESCRIPTION_LIMIT = 64
+
+#: Per-slice attributes every slice of a series must share: (keyword, number of values, whether they must be > 0).
+_SHARED_GRID = (("ImageOrientationPatient", 6, False), ("PixelSpacing", 2, True), ("Rows", 1, True), ("Columns", 1, True))
 
 
 @dataclass(frozen=True)
@@ -47,9 +56,12 @@ class DicomSeriesInfo:
         return len(self.files)
 
     def summary(self) -> str:
-        """One line: UID, modality, number, image count and description."""
+        """One line: UID, modality, number, image count and description (cut to ``DESCRIPTION_LIMIT`` characters)."""
         number = "" if self.series_number is None else f" #{self.series_number}"
-        return f"{self.series_uid}  {self.modality or '?'}{number}  {self.num_images} images  {self.description!r}"
+        description = self.description
+        if len(description) > DESCRIPTION_LIMIT:
+            description = description[: DESCRIPTION_LIMIT - 1] + "…"
+        return f"{self.series_uid}  {self.modality or '?'}{number}  {self.num_images} images  {description!r}"
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,11 @@ class _FolderScan:
 
     series: dict[str, list[tuple[Path, Dataset]]]
     ignored: dict[str, int]
+
+    def infos(self) -> list[DicomSeriesInfo]:
+        """Every series, ordered by series number (unnumbered last), then UID."""
+        infos = [self.info(uid) for uid in self.series]
+        return sorted(infos, key=lambda info: (info.series_number is None, info.series_number or 0, info.series_uid))
 
     def info(self, series_uid: str) -> DicomSeriesInfo:
         images = self.series[series_uid]
@@ -75,9 +92,7 @@ class _FolderScan:
 
 def list_dicom_series(directory: str | Path) -> list[DicomSeriesInfo]:
     """The image series in ``directory`` (searched recursively), ordered by series number then UID."""
-    scan = _scan_folder(Path(directory), progress=False)
-    infos = [scan.info(uid) for uid in scan.series]
-    return sorted(infos, key=lambda info: (info.series_number is None, info.series_number or 0, info.series_uid))
+    return _scan_folder(Path(directory), progress=False).infos()
 
 
 def read_dicom_series(directory: str | Path, series_uid: str | None = None, *, progress: bool = False) -> Volume:
@@ -131,11 +146,16 @@ def _scan_folder(directory: Path, progress: bool) -> _FolderScan:
     series: dict[str, list[tuple[Path, Dataset]]] = {}
     ignored: Counter[str] = Counter()
     for path in tqdm(files, desc="Scanning DICOM files", unit="file", disable=not progress):
-        refuse_misnamed_file(path)
-        if not looks_like_dicom(path):
+        if any(part.startswith(".") for part in path.relative_to(directory).parts):  # never opened
+            ignored["hidden"] += 1
+            continue
+        if is_appledouble(path):
+            ignored["AppleDouble (macOS metadata)"] += 1
+            continue
+        dataset = read_dicom_header(path)
+        if dataset is None:
             ignored["not DICOM"] += 1
             continue
-        dataset = read_header(path)
         if "PixelData" not in dataset:
             ignored["DICOM without pixel data"] += 1
             continue
@@ -155,7 +175,7 @@ def _choose_series(scan: _FolderScan, series_uid: str | None, directory: Path) -
         return series_uid
     if series_uid is None and len(scan.series) == 1:
         return next(iter(scan.series))
-    listing = "\n".join(f"  {scan.info(uid).summary()}" for uid in scan.series)
+    listing = "\n".join(f"  {info.summary()}" for info in scan.infos())
     if series_uid is None:
         problem = f"holds {len(scan.series)} series; choose one with series_uid= (CLI: --series UID):\n{listing}"
     else:
@@ -170,16 +190,19 @@ def _sorted_slices_and_affine(
     for path, dataset in images:
         require_single_frame(dataset, path)
     plane = _common_plane(images, directory)
-    positions = np.array([_position(dataset, path) for path, dataset in images])
+    positions = np.array([tag_numbers(dataset, "ImagePositionPatient", 3, path) for path, dataset in images])
     order = slice_order(positions, plane, [path.name for path, _ in images], directory)
-    first = images[order[0]][1]
-    thickness = first.get("SpacingBetweenSlices") or first.get("SliceThickness")
-    step = slice_step(positions[order], plane, None if thickness is None else float(thickness), directory)
+    single_slice_spacing = _single_slice_spacing(*images[0]) if len(images) == 1 else None
+    step = slice_step(positions[order], plane, single_slice_spacing, directory)
     return [images[i] for i in order], LPS_TO_RAS @ plane.affine_lps(positions[order[0]], step)
 
 
 def _common_plane(images: Sequence[tuple[Path, Dataset]], directory: Path) -> SlicePlane:
-    """The orientation, pixel spacing and size every slice shares; raises naming the first slice that differs."""
+    """The orientation, pixel spacing and size every slice shares.
+
+    Raises naming the files that lack a geometry tag, a slice whose tag is malformed (``tag_numbers``) or
+    the first slice whose values differ from the first one's.
+    """
     first_path, first = images[0]
     for keyword in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
         lacking = [path for path, dataset in images if keyword not in dataset]
@@ -189,24 +212,35 @@ def _common_plane(images: Sequence[tuple[Path, Dataset]], directory: Path) -> Sl
                 f"has no {keyword}, so it cannot be placed in a volume ({len(lacking)} file(s) of the series lack it); "
                 "for a single radiograph use read_image_2d()",
             )
-    plane = SlicePlane.from_tags(first.ImageOrientationPatient, first.PixelSpacing, first_path)
+    first_grid = _slice_grid(first, first_path)
     for path, dataset in images[1:]:
-        for keyword in ("ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
-            mine, theirs = dataset.get(keyword), first.get(keyword)
-            if mine is None or not np.allclose(np.asarray(mine, float), np.asarray(theirs, float), rtol=1e-4, atol=1e-4):
+        grid = _slice_grid(dataset, path)
+        for keyword, values in grid.items():
+            if not np.allclose(values, first_grid[keyword], rtol=1e-4, atol=1e-4):
                 raise VolumeReadError(
                     directory,
-                    f"the series mixes values of {keyword} ({first_path.name}: {theirs}, {path.name}: {mine}), e.g. a "
-                    "localizer or a second stack inside one series; remove the odd files",
+                    f"the series mixes values of {keyword} ({first_path.name}: {first_grid[keyword].tolist()}, "
+                    f"{path.name}: {values.tolist()}), e.g. a localizer or a second stack inside one series; remove the odd files",
                 )
-    return plane
+    return SlicePlane.from_tags(first_grid["ImageOrientationPatient"], first_grid["PixelSpacing"], first_path)
 
 
-def _position(dataset: Dataset, path: Path) -> np.ndarray:
-    position = np.asarray(dataset.ImagePositionPatient, dtype=np.float64)
-    if position.shape != (3,) or not np.all(np.isfinite(position)):
-        raise VolumeReadError(path, f"invalid ImagePositionPatient {list(position)}: need 3 finite numbers")
-    return position
+def _slice_grid(dataset: Dataset, path: Path) -> dict[str, np.ndarray]:
+    """The ``_SHARED_GRID`` attributes of one slice, each checked by ``tag_numbers``."""
+    return {keyword: tag_numbers(dataset, keyword, count, path, positive=positive) for keyword, count, positive in _SHARED_GRID}
+
+
+def _single_slice_spacing(path: Path, dataset: Dataset) -> float | None:
+    """The slice spacing of a lone slice: SpacingBetweenSlices, else SliceThickness, else None.
+
+    SpacingBetweenSlices wins because it is what the step between slice positions measures for longer
+    series (centre to centre); SliceThickness is the reconstructed slab's thickness, which differs from
+    it for overlapping or gapped reconstructions. dcm2niix makes the same choice.
+    """
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        if has_value(dataset, keyword):
+            return float(tag_numbers(dataset, keyword, 1, path, positive=True)[0])
+    return None
 
 
 def _stack_pixels(images: Sequence[tuple[Path, Dataset]], directory: Path, progress: bool) -> np.ndarray:

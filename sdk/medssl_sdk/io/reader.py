@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medssl_sdk.io.dicom_files import frame_count, looks_like_dicom, read_header, refuse_misnamed_file
+from pydicom.dataset import Dataset
+
+from medssl_sdk.io.dicom_files import frame_count, read_dicom_header
 from medssl_sdk.io.dicom_series import read_dicom_series
 from medssl_sdk.io.errors import VolumeReadError
 from medssl_sdk.io.image_2d import IMAGE_SUFFIXES, is_image_path, read_image_2d
@@ -18,9 +20,10 @@ def read_volume(path: str | Path, series_uid: str | None = None, *, progress: bo
     - a folder: a DICOM series (``read_dicom_series``; ``series_uid`` picks one of several series);
     - ``*.nii``, ``*.nii.gz``: NIfTI (``read_nifti``), ``(D, H, W)``;
     - ``*.png``, ``*.jpg``, ``*.jpeg``: a 2D image (``read_image_2d``), ``(H, W)``;
-    - a DICOM file (DICM preamble, any suffix): a single-frame 2D image such as CR/DX, ``(H, W)``. A file
-      that is one slice of a cross-sectional series (it has ImagePositionPatient) is refused with a pointer
-      to its folder; ``read_image_2d`` reads it alone if that is really wanted.
+    - a DICOM file (DICM preamble, any suffix; or a bare DICOM image named ``*.dcm``): a single-frame 2D
+      image such as CR/DX, ``(H, W)``. A file that is one slice of a cross-sectional series (it has
+      ImagePositionPatient) is refused with a pointer to its folder; ``read_image_2d`` reads it alone if
+      that is really wanted.
 
     Anything else (missing path, empty folder, unknown or damaged file) raises ``VolumeReadError`` naming
     the path and the problem. ``progress`` shows progress bars while a DICOM folder is read.
@@ -36,9 +39,9 @@ def read_volume(path: str | Path, series_uid: str | None = None, *, progress: bo
         return read_nifti(path)
     if is_image_path(path):
         return read_image_2d(path)
-    refuse_misnamed_file(path)
-    if looks_like_dicom(path):
-        _refuse_series_slice(path)
+    dataset = read_dicom_header(path)
+    if dataset is not None:
+        _refuse_series_slice(dataset, path)
         return read_image_2d(path)
     known = ", ".join(NIFTI_SUFFIXES + IMAGE_SUFFIXES)
     raise VolumeReadError(
@@ -46,9 +49,8 @@ def read_volume(path: str | Path, series_uid: str | None = None, *, progress: bo
     )
 
 
-def _refuse_series_slice(path: Path) -> None:
-    """Raise if the DICOM file at ``path`` is one slice of a 3D series rather than a standalone 2D image."""
-    dataset = read_header(path)
+def _refuse_series_slice(dataset: Dataset, path: Path) -> None:
+    """Raise if the DICOM file at ``path`` (header ``dataset``) is one slice of a 3D series, not a standalone 2D image."""
     if frame_count(dataset) == 1 and "ImagePositionPatient" in dataset:
         modality = dataset.get("Modality", "?")
         raise VolumeReadError(
