@@ -139,4 +139,3 @@ def _storage_dtype(array: np.ndarray, where: str) -> np.dtype:
     if array.dtype.kind == "f":
         return np.dtype(np.float32)
     raise VolumeWriteError(f"{where}: arrays of dtype {array.dtype} cannot be written as NIfTI; convert to a real number type")
-
