@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl_sdk.io import check_output_path
 from medssl_sdk.loading import load
 from medssl_sdk.model import Model, as_volume
 from medssl_sdk.overlay import render_overlay
@@ -39,15 +40,7 @@ def _load(args: argparse.Namespace) -> Model:
 
 def _check_output(path: Path, args: argparse.Namespace, suffixes: tuple[str, ...]) -> Path:
     """Refuse, before any work is done, an output that exists (without --overwrite), is the input, or has a wrong suffix."""
-    if not path.name.endswith(suffixes):
-        raise ValueError(f"{path}: the output must end with {' or '.join(suffixes)}")
-    if path.resolve() == Path(args.input).resolve():
-        raise ValueError(f"{path} is the input; choose another output path")
-    if path.exists() and not args.overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path.parent}: the output's folder does not exist")
-    return path
+    return check_output_path(path, suffixes, overwrite=args.overwrite, source=args.input)
 
 
 def _segment(args: argparse.Namespace) -> None:

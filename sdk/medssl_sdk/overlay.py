@@ -13,6 +13,7 @@ import nibabel.orientations as orientations
 import numpy as np
 from PIL import Image
 
+from medssl_sdk.io import check_output_path
 from medssl_sdk.volume import Volume
 from medssl_zoo.files import write_atomically
 
@@ -80,9 +81,7 @@ def render_overlay(
         raise ValueError(f"{image.source}: overlays are drawn for 3D volumes; this image is 2D {image.shape}")
     if image.shape != labels.shape or not np.allclose(image.affine, labels.affine, atol=1e-4):
         raise ValueError(f"the overlay needs labels on the image's grid; got shapes {image.shape} and {labels.shape}")
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    path = check_output_path(path, (".png",), overwrite=overwrite, source=image.metadata.get("source"))
     grey, spacing = _to_ras(image)
     label_array, _ = _to_ras(labels)
     foreground = np.argwhere(label_array > 0)

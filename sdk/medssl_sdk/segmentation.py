@@ -46,11 +46,7 @@ class Segmentation:
 
         Refuses an existing file unless ``overwrite``. Returns the path written.
         """
-        path = Path(path)
-        if not path.name.endswith((".nii", ".nii.gz")):
-            raise ValueError(f"{path}: segmentations are saved as NIfTI; use a .nii.gz or .nii file name")
-        write_nifti(self.labels, path, overwrite=overwrite)
-        return path
+        return write_nifti(self.labels, path, overwrite=overwrite)
 
     def __repr__(self) -> str:
         present = [self.classes[i] for i in np.unique(self.labels.array) if 0 < i < len(self.classes)]

@@ -71,7 +71,7 @@ def test_segment_refuses_to_replace_an_existing_output(files, tmp_path, capsys) 
 def test_segment_never_writes_over_its_input(files, capsys) -> None:
     before = files["ct"].read_bytes()
     code, _, err = run(capsys, "segment", files["ct"], "-m", files["segmenter"], "-o", files["ct"], "--overwrite")
-    assert code == 1 and "is the input" in err and files["ct"].read_bytes() == before
+    assert code == 1 and "is the input this output is made from" in err and files["ct"].read_bytes() == before
 
 
 def nifti(path: Path, array: np.ndarray) -> Path:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medssl_sdk.io import VolumeWriteError
 from medssl_sdk.overlay import render_overlay
 from medssl_sdk.volume import Volume
 
@@ -56,7 +57,7 @@ def test_existing_overlay_is_kept_unless_overwrite(tmp_path: Path) -> None:
     image = Volume.from_array(np.zeros((4, 8, 8)))
     target = tmp_path / "overlay.png"
     target.write_bytes(b"keep")
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(VolumeWriteError, match="overwrite"):
         render_overlay(image, image.with_array(np.zeros((4, 8, 8), np.uint8)), target)
     assert target.read_bytes() == b"keep"
     render_overlay(image, image.with_array(np.zeros((4, 8, 8), np.uint8)), target, overwrite=True)
