@@ -137,7 +137,9 @@ class Model:
         self._require_task("segment")
         volume = as_volume(image, spacing, series_uid, progress)
         prepared = prepare(volume, self._input_spec(volume))
-        windows = self._windows(prepared.tensor.ndim - 1, overlap, sw_batch_size, stitch_device, progress, low_memory)
+        windows = self._windows(
+            prepared.tensor.ndim - 1, overlap, sw_batch_size, stitch_device, progress, low_memory, float(prepared.tensor.min())
+        )
         batch = prepared.tensor[None]
         with torch.inference_mode():
             if low_memory and prepared.tensor.shape[1:] == prepared.oriented.shape:
@@ -192,9 +194,20 @@ class Model:
         return resample(prepared.tensor[None], spec.patch_size)
 
     def _windows(
-        self, dims: int, overlap: float, sw_batch_size: int, stitch_device: str | torch.device, progress: bool, low_memory: bool
+        self,
+        dims: int,
+        overlap: float,
+        sw_batch_size: int,
+        stitch_device: str | torch.device,
+        progress: bool,
+        low_memory: bool,
+        padding_value: float,
     ) -> dict[str, object]:
-        """Sliding-window options shared by the probability and streaming-argmax paths."""
+        """Sliding-window options shared by the probability and streaming-argmax paths.
+
+        ``padding_value`` fills windows that reach past an image smaller than the patch: the image's
+        minimum (air for CT, not the 0 that means water after normalisation).
+        """
         branch = f"{dims}d"
         return {
             "roi_size": self.card.inputs[branch].patch_size,
@@ -205,6 +218,7 @@ class Model:
             "stitch_device": stitch_device,
             "accumulate_dtype": torch.float16 if low_memory else torch.float32,
             "progress": progress,
+            "cval": padding_value,
         }
 
     def _probabilities(self, windows: torch.Tensor) -> torch.Tensor:

@@ -147,3 +147,22 @@ def test_labels_land_where_the_anatomy_is_after_resampling_both_ways() -> None:
     expected = dicom_layout.array > 0  # liver/spleen/kidneys/spine are above 0 HU, fat and air below
     predicted = model.segment(dicom_layout, progress=False).labels.array == 1
     assert (predicted == expected).mean() > 0.97
+
+
+class AnythingAboveAirNetwork(torch.nn.Module):
+    """Class 1 over a whole window if any of its voxels is denser than air (normalised HU above -0.5)."""
+
+    task = "segment"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        densest = x[:, :1].amax(dim=(2, 3, 4), keepdim=True).expand_as(x[:, :1])
+        return torch.cat((torch.zeros_like(densest), (densest + 0.5) * 50.0), dim=1)
+
+
+def test_windows_past_a_small_image_are_padded_with_its_minimum_not_water() -> None:
+    card = oriented_card(None)
+    card = dataclasses.replace(card, labels=card.labels[:2], kwargs={**card.kwargs, "num_classes": 2})
+    model = Model(AnythingAboveAirNetwork(), card, torch.device("cpu"))
+    air = np.full((16, 40, 64), -1000.0, dtype=np.float32)  # H 40 < the patch's 64: windows are padded
+    labels = model.segment(Volume.from_array(air, spacing=(3.0, 1.0, 1.0)), progress=False).labels.array
+    assert not labels.any()  # padding with 0 (water once normalised) would make every window "dense"

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medssl_sdk.preprocess import prepare, resample
+from medssl_sdk.preprocess import prepare, reorient, resample
 from medssl_sdk.samples import PHANTOM_LABELS, make_phantom
 from medssl_sdk.volume import Volume
 from medssl_zoo.card import InputSpec
@@ -45,10 +45,12 @@ class PreparedCase:
 
 
 def prepare_case(image: Volume, labels: Volume, spec: InputSpec) -> PreparedCase:
-    """Pre-process ``image`` for ``spec`` and resample ``labels`` (same geometry) onto its grid by nearest neighbour."""
+    """Pre-process ``image`` for ``spec`` and bring ``labels`` (same geometry) onto its grid: the same
+    reorientation, then nearest-neighbour resampling."""
     if image.shape != labels.shape:
         raise ValueError(f"{labels.source}: label map shape {labels.shape} differs from the image's {image.shape}")
     prepared = prepare(image, spec)
+    labels = reorient(labels, spec.orientation)  # the layout prepare() gave the image
     label_grid = torch.from_numpy(np.ascontiguousarray(labels.array, dtype=np.float32))[None, None]
     resampled = resample(label_grid, prepared.tensor.shape[1:], mode="nearest")[0, 0].to(torch.uint8)
     return PreparedCase(prepared.tensor, resampled, image.source)
