@@ -55,6 +55,7 @@ def _segment(args: argparse.Namespace) -> None:
         volume,
         overlap=args.overlap,
         sw_batch_size=args.sw_batch_size,
+        stitch_device=args.stitch_device,
         low_memory=args.low_memory,
         progress=not args.quiet,
     )
@@ -135,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--overlay", type=Path, default=None, help="also write a PNG overlay (3D inputs)")
     segment.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap in [0, 1) (default 0.25)")
     segment.add_argument("--sw-batch-size", type=int, default=4, help="windows per network call (default 4)")
+    segment.add_argument(
+        "--stitch-device", default="auto", help="where probabilities are summed: auto (the compute device if they fit), cpu, cuda"
+    )
     segment.add_argument("--low-memory", action="store_true", help="fp16 stitching; streaming arg-max when not resampling")
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     segment.set_defaults(run=_segment)

@@ -50,7 +50,10 @@ def run(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
 
 def test_segment_writes_labels_on_the_input_grid_and_an_overlay(files, tmp_path, capsys) -> None:
     output, overlay = tmp_path / "seg.nii.gz", tmp_path / "seg.png"
-    code, out, err = run(capsys, "--quiet", "segment", files["ct"], "-m", files["segmenter"], "-o", output, "--overlay", overlay)
+    code, out, err = run(
+        capsys, "--quiet", "segment", files["ct"], "-m", files["segmenter"], "-o", output,
+        "--overlay", overlay, "--stitch-device", "cpu",
+    )
     assert code == 0, err
     labels, image = read_volume(output), read_volume(files["ct"])
     assert labels.shape == image.shape and np.allclose(labels.affine, image.affine, atol=1e-5)
