@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: volume 40x72x100, roi 16x32x64, 2 repeats")
     parser.add_argument("--memory-of", choices=sorted(METHODS), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.quick:
         args.size, args.roi, args.repeats = [40, 72, 100], [16, 32, 64], 2
     if args.memory_of:
@@ -148,8 +150,11 @@ def main() -> None:
             network_seconds[method].append(in_network)
         difference = (outputs["ours"] - outputs["monai"]).abs().max().item()
         assert difference <= 1e-5, f"outputs differ from MONAI's by {difference}"
-        assert torch.equal(outputs["ours-argmax"], outputs["monai"].argmax(1)), "streaming argmax differs from argmax of MONAI's"
-    print(f"max |ours - MONAI| = {difference:.2e}; streaming argmax == argmax(MONAI output): yes")
+        # Against our own blended output: exact. (MONAI's output differs by ~1 ulp, which may flip near-ties.)
+        assert torch.equal(outputs["ours-argmax"], outputs["ours"].argmax(1).to(outputs["ours-argmax"].dtype)), (
+            "streaming argmax differs from the argmax of the blended output"
+        )
+    print(f"max |ours - MONAI| = {difference:.2e}; streaming argmax == argmax(blended output): yes")
 
     median = {method: statistics.median(values) for method, values in seconds.items()}
     rest = {method: median[method] - statistics.median(network_seconds[method]) for method in METHODS}

@@ -89,7 +89,7 @@ def test_streaming_argmax_equals_argmax_of_inference(
     with torch.inference_mode():
         labels = sliding_window_argmax(image, roi, predictor, **options)
         probabilities = sliding_window_inference(image, roi, predictor, **options)
-    assert labels.dtype == torch.int64 and labels.shape == (shape[0], *shape[2:])
+    assert labels.dtype == torch.uint8 and labels.shape == (shape[0], *shape[2:])
     assert torch.equal(labels, probabilities.argmax(1))
     assert len(labels.unique()) > 1  # the predictor's classes vary in space, so a misplaced slab would show
 

@@ -87,6 +87,11 @@ def _finetune_phantom(args: argparse.Namespace) -> int:
         )
     if args.train_phantoms < 1 or args.val_phantoms < 1:
         raise ValueError("--train-phantoms and --val-phantoms must be at least 1")
+    if args.train_phantoms > VALIDATION_SEED_BASE or args.val_phantoms > EVALUATION_SEED_BASE - VALIDATION_SEED_BASE:
+        raise ValueError(
+            f"at most {VALIDATION_SEED_BASE} training and {EVALUATION_SEED_BASE - VALIDATION_SEED_BASE} validation phantoms: "
+            "more would reuse the seeds of the next held-out set"
+        )
     config = FinetuneConfig(
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, weight_decay=args.weight_decay,
         schedule=args.schedule, warmup_steps=args.warmup_steps, validate_every=args.validate_every,

@@ -155,7 +155,8 @@ def finetune_segmentation(
                 continue
             dice = dice_by_class(model, validation) if validate else None
             seconds = time.perf_counter() - start
-            if dice is not None and (best is None or mean_dice(dice) > best.best_mean_dice):
+            # A NaN best (no organ scored) never blocks a later, scored checkpoint.
+            if dice is not None and (best is None or math.isnan(best.best_mean_dice) or mean_dice(dice) > best.best_mean_dice):
                 pinned = save_checkpoint(network, card, output, overwrite=True)
                 best = FinetuneResult(pinned, output, step, dice, seconds)
             log.write(step, sum(losses) / len(losses), learning_rate, seconds, dice)

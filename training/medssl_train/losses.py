@@ -12,8 +12,10 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     Args:
         logits: ``(B, K, *S)`` raw class scores, K >= 2 (class 0 is background and not scored).
         target: ``(B, *S)`` integer class indices in ``[0, K)``.
-        smooth: added to numerator and denominator; a class absent from an image and predicted nowhere
-            scores Dice 1.
+        smooth: added to numerator and denominator (keeps empty classes finite). Softmax is never exactly 0,
+            so a class absent from an image scores a Dice near 0 however small its probabilities are:
+            the loss has a floor that grows with the number of absent classes (patches are sampled around
+            organs, so most classes are present), and present classes share the gradient with absent ones.
 
     Returns:
         A scalar: one minus the Dice ``(2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth)``, computed per
@@ -21,7 +23,7 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     """
     _check(logits, target)
     probabilities = logits.softmax(dim=1)
-    one_hot = F.one_hot(target.long(), logits.shape[1]).movedim(-1, 1).to(probabilities.dtype)
+    one_hot = torch.zeros_like(probabilities).scatter_(1, target.long().unsqueeze(1), 1.0)
     spatial = tuple(range(2, logits.ndim))
     overlap = (probabilities * one_hot).sum(spatial)
     total = probabilities.sum(spatial) + one_hot.sum(spatial)
