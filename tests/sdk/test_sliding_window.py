@@ -162,3 +162,18 @@ def test_predictor_output_must_keep_the_window_size() -> None:
     calls = itertools.count()
     with pytest.raises(ValueError, match="returned 2 channels after returning 1"):
         sliding_window_inference(image, (16, 16), lambda x: x.repeat(1, 1 + (next(calls) > 0), 1, 1), sw_batch_size=1)
+
+
+def test_auto_stitching_on_cuda_goes_to_the_gpu_only_when_the_output_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here: the CUDA memory queries are replaced by a GPU with 10 GB free and 2 GB cached by torch."""
+    from medssl_sdk.sliding_window import AUTO_STITCH_FREE_FRACTION, _stitch_device
+
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 3 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1 * gib)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    budget = AUTO_STITCH_FREE_FRACTION * 12 * gib
+    assert _stitch_device("auto", cpu, cuda, int(budget)) == cuda
+    assert _stitch_device("auto", cpu, cuda, int(budget) + 1) == cpu
+    assert _stitch_device("cpu", cuda, cuda, 1) == cpu and _stitch_device(None, cuda, cuda, 1) == cuda
