@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
+import os
+
+# Kernel tests run the Triton kernels on CPU through Triton's interpreter. TRITON_INTERPRET is read when
+# Triton is imported (medssl_kernels imports it, and the imports below reach medssl_kernels), so it is set
+# first. An explicit TRITON_INTERPRET=0 (on a GPU machine) is respected.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import dataclasses  # noqa: E402
 
 import pytest
 import torch

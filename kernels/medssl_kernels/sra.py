@@ -1,12 +1,38 @@
 """Spatial-reduction attention (SRA) of PVT/MiT: every query token attends to a reduced key/value set.
 
 Shapes: q (B, H, Nq, D); k and v (B, H, Nk, D) with Nk << Nq (the strided-conv-reduced map plus the SSL
-token). The reference below is the ground truth for any fused implementation.
+token). Three pieces, as in every medssl kernel file:
+
+- :func:`sra_attention_reference`: eager ``softmax(q k^T * scale) v``, the ground truth;
+- :func:`sra_attention_triton`: fused Triton kernels, forward and backward, in an autograd Function.
+  The forward walks the keys of one (batch, head) in blocks with an online softmax, so the Nq x Nk
+  logits never reach memory; it saves the per-row log-sum-exp, from which the backward recomputes the
+  probabilities (one kernel for dK/dV per key block, one for dQ per query block);
+- :func:`sra_attention`: what the models call; picks the Triton path for CUDA tensors and the reference
+  elsewhere. ``MEDSSL_KERNELS=torch|triton|auto`` (read at each call) overrides; while exporting
+  (ONNX, ``torch.export``, TorchScript tracing) or compiling, the reference is used.
+
+Any Nq and Nk work (blocks are masked); head dims up to 128, padded inside the kernel to a power of two
+with masked loads (MiT uses 24, 32, 48 and 64); float32, float16 and bfloat16, accumulating in float32.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the [gpu] extra is not installed: only the reference is available
+    triton = None
+
+KERNELS_ENV = "MEDSSL_KERNELS"
+BACKENDS = ("auto", "torch", "triton")
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_HEAD_DIM = 128
+LOG2_E = 1.4426950408889634
 
 
 def sra_attention_reference(
@@ -34,6 +60,250 @@ def sra_attention(
 ) -> torch.Tensor:
     """SRA attention as the models call it; shapes as :func:`sra_attention_reference`.
 
-    Only the reference path exists so far; the fused Triton kernel and its dispatch plug in here.
+    Runs :func:`sra_attention_triton` when :func:`use_triton` says so, else the reference.
     """
+    if use_triton(q, k, v):
+        return sra_attention_triton(q, k, v, scale)
     return sra_attention_reference(q, k, v, scale)
+
+
+def use_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """The dispatch rule: ``MEDSSL_KERNELS`` (default ``auto``) and what the tensors and the moment allow.
+
+    ``torch``: never. ``auto``: CUDA tensors of a supported dtype and head dim, Triton installed.
+    ``triton``: always, or a clear error if it cannot run (no Triton; CPU tensors without the
+    interpreter, ``TRITON_INTERPRET=1``; an unsupported dtype or head dim). Exporting or compiling: never.
+    """
+    choice = (os.environ.get(KERNELS_ENV) or "auto").strip().lower()
+    if choice not in BACKENDS:
+        raise ValueError(f"{KERNELS_ENV}={os.environ.get(KERNELS_ENV)!r}; use one of {', '.join(BACKENDS)}")
+    if choice == "torch" or _exporting_or_compiling():
+        return False
+    problem = _triton_problem(q, k, v)
+    if choice == "auto":
+        return problem is None and q.is_cuda
+    if problem is not None:
+        raise RuntimeError(f"{KERNELS_ENV}=triton, but the Triton SRA kernel cannot run: {problem}")
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            f"{KERNELS_ENV}=triton with {q.device} tensors needs the Triton interpreter: set TRITON_INTERPRET=1 "
+            "before Triton is imported (or use CUDA tensors)"
+        )
+    return True
+
+
+def _exporting_or_compiling() -> bool:
+    return bool(
+        torch.onnx.is_in_onnx_export()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_exporting()
+        or torch.compiler.is_compiling()
+    )
+
+
+def _triton_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
+    """Why the Triton path cannot take these tensors, or None."""
+    if triton is None:
+        return "Triton is not installed (pip install 'medssl-sdk[gpu]')"
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        return f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        return f"k and v must be (B, H, Nk, D) matching q (B, H, Nq, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
+        return f"q, k, v must share one of float32/float16/bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}"
+    if q.shape[3] > MAX_HEAD_DIM:
+        return f"head dim {q.shape[3]} is above {MAX_HEAD_DIM}"
+    if not (q.device == k.device == v.device):
+        return f"q, k, v are on different devices: {q.device}, {k.device}, {v.device}"
+    return None
+
+
+def sra_attention_triton(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """The fused Triton SRA (forward and backward); shapes and result as :func:`sra_attention_reference`."""
+    problem = _triton_problem(q, k, v)
+    if problem is not None:
+        raise ValueError(f"sra_attention_triton: {problem}")
+    if q.shape[2] == 0 or k.shape[2] == 0:
+        raise ValueError(f"sra_attention_triton needs at least one query and one key; got Nq={q.shape[2]}, Nk={k.shape[2]}")
+    return _SRAAttention.apply(q, k, v, q.shape[-1] ** -0.5 if scale is None else float(scale))
+
+
+def _blocks(head_dim: int) -> dict[str, int]:
+    """Tile sizes: 64 queries x 64 keys, the head dim padded to a power of two (at least 16 for tl.dot)."""
+    return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": max(16, triton.next_power_of_2(head_dim))}
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """float32 inputs are multiplied in full precision (no TF32), so they match the reference to 1e-4."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
+    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
+
+
+class _SRAAttention(torch.autograd.Function):
+    """Autograd wrapper: saves q, k, v, the output and the row log-sum-exp (base 2) for the backward."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        batch, heads, num_queries, head_dim = q.shape
+        num_keys = k.shape[2]
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        lse = torch.empty((batch, heads, num_queries), dtype=torch.float32, device=q.device)
+        blocks = _blocks(head_dim)
+        grid = (triton.cdiv(num_queries, blocks["BLOCK_M"]), batch * heads)
+        _sra_forward_kernel[grid](
+            q, k, v, out, lse, scale * LOG2_E,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+            heads, num_queries, num_keys,
+            HEAD_DIM=head_dim, PRECISION=_precision(q.dtype), **blocks,
+        )
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
+        q, k, v, out, lse = ctx.saved_tensors
+        batch, heads, num_queries, head_dim = q.shape
+        num_keys = k.shape[2]
+        delta = (grad_out.float() * out.float()).sum(dim=-1)  # (B, H, Nq): rowsum(dO * O)
+        grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        grad_k = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+        grad_v = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+        blocks = _blocks(head_dim)
+        common = dict(HEAD_DIM=head_dim, PRECISION=_precision(q.dtype), **blocks)
+        _sra_backward_kv_kernel[(triton.cdiv(num_keys, blocks["BLOCK_N"]), batch * heads)](
+            q, k, v, grad_out, lse, delta, grad_k, grad_v, ctx.scale,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(grad_k), *_strides(grad_v),
+            heads, num_queries, num_keys, **common,
+        )
+        _sra_backward_q_kernel[(triton.cdiv(num_queries, blocks["BLOCK_M"]), batch * heads)](
+            q, k, v, grad_out, lse, delta, grad_q, ctx.scale,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(grad_q),
+            heads, num_queries, num_keys, **common,
+        )
+        return grad_q, grad_k, grad_v, None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _tile(base, rows, cols, row_stride, col_stride, row_limit, col_limit):
+        """Load a (len(rows), len(cols)) tile, zero outside ``row_limit`` x ``col_limit``."""
+        mask = (rows[:, None] < row_limit) & (cols[None, :] < col_limit)
+        return tl.load(base + rows[:, None] * row_stride + cols[None, :] * col_stride, mask=mask, other=0.0)
+
+    @triton.jit
+    def _sra_forward_kernel(
+        Q, K, V, Out, Lse, qk_scale_log2,
+        sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
+        H, NQ, NK,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        """One program: BLOCK_M queries of one (batch, head) against all keys, online softmax in base 2."""
+        b = tl.program_id(1) // H
+        h = tl.program_id(1) % H
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        dims = tl.arange(0, BLOCK_D)
+        q = _tile(Q + b * sqb + h * sqh, rows, dims, sqn, sqd, NQ, HEAD_DIM)
+        k_base = K + b * skb + h * skh
+        v_base = V + b * svb + h * svh
+        row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        row_sum = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for start in range(0, NK, BLOCK_N):
+            keys = start + tl.arange(0, BLOCK_N)
+            k = _tile(k_base, keys, dims, skn, skd, NK, HEAD_DIM)
+            logits = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
+            logits = tl.where(keys[None, :] < NK, logits, float("-inf"))
+            new_max = tl.maximum(row_max, tl.max(logits, 1))
+            correction = tl.exp2(row_max - new_max)
+            p = tl.exp2(logits - new_max[:, None])
+            row_sum = row_sum * correction + tl.sum(p, 1)
+            v = _tile(v_base, keys, dims, svn, svd, NK, HEAD_DIM)
+            acc = acc * correction[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            row_max = new_max
+        acc = acc / row_sum[:, None]
+        out_mask = (rows[:, None] < NQ) & (dims[None, :] < HEAD_DIM)
+        tl.store(Out + b * sob + h * soh + rows[:, None] * son + dims[None, :] * sod, acc.to(Out.dtype.element_ty), mask=out_mask)
+        tl.store(Lse + tl.program_id(1) * NQ + rows, row_max + tl.log2(row_sum), mask=rows < NQ)
+
+    @triton.jit
+    def _probabilities(q, k, lse, rows, keys, qk_scale_log2, NQ, NK, PRECISION: tl.constexpr):
+        """Softmax probabilities (BLOCK_M, BLOCK_N) recomputed from the saved base-2 log-sum-exp; 0 off the edges."""
+        logits = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
+        p = tl.exp2(logits - lse[:, None])
+        return tl.where((rows[:, None] < NQ) & (keys[None, :] < NK), p, 0.0)
+
+    @triton.jit
+    def _sra_backward_kv_kernel(
+        Q, K, V, dOut, Lse, Delta, dK, dV, scale,
+        sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdon, sdod,
+        sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
+        H, NQ, NK,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        """One program: dK and dV of BLOCK_N keys of one (batch, head), summed over all query blocks."""
+        b = tl.program_id(1) // H
+        h = tl.program_id(1) % H
+        keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        dims = tl.arange(0, BLOCK_D)
+        k = _tile(K + b * skb + h * skh, keys, dims, skn, skd, NK, HEAD_DIM)
+        v = _tile(V + b * svb + h * svh, keys, dims, svn, svd, NK, HEAD_DIM)
+        grad_k = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        grad_v = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        row_base = tl.program_id(1) * NQ
+        for start in range(0, NQ, BLOCK_M):
+            rows = start + tl.arange(0, BLOCK_M)
+            q = _tile(Q + b * sqb + h * sqh, rows, dims, sqn, sqd, NQ, HEAD_DIM)
+            grad_out = _tile(dOut + b * sdob + h * sdoh, rows, dims, sdon, sdod, NQ, HEAD_DIM)
+            lse = tl.load(Lse + row_base + rows, mask=rows < NQ, other=0.0)
+            delta = tl.load(Delta + row_base + rows, mask=rows < NQ, other=0.0)
+            p = _probabilities(q, k, lse, rows, keys, scale * 1.4426950408889634, NQ, NK, PRECISION)
+            grad_v += tl.dot(tl.trans(p.to(grad_out.dtype)), grad_out, input_precision=PRECISION)
+            grad_p = tl.dot(grad_out, tl.trans(v), input_precision=PRECISION)
+            grad_logits = p * (grad_p - delta[:, None])
+            grad_k += tl.dot(tl.trans(grad_logits.to(q.dtype)), q, input_precision=PRECISION)
+        mask = (keys[:, None] < NK) & (dims[None, :] < HEAD_DIM)
+        grad_k = grad_k * scale
+        tl.store(dK + b * sdkb + h * sdkh + keys[:, None] * sdkn + dims[None, :] * sdkd, grad_k.to(dK.dtype.element_ty), mask=mask)
+        tl.store(dV + b * sdvb + h * sdvh + keys[:, None] * sdvn + dims[None, :] * sdvd, grad_v.to(dV.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _sra_backward_q_kernel(
+        Q, K, V, dOut, Lse, Delta, dQ, scale,
+        sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdon, sdod,
+        sdqb, sdqh, sdqn, sdqd,
+        H, NQ, NK,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        """One program: dQ of BLOCK_M queries of one (batch, head), summed over all key blocks."""
+        b = tl.program_id(1) // H
+        h = tl.program_id(1) % H
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        dims = tl.arange(0, BLOCK_D)
+        q = _tile(Q + b * sqb + h * sqh, rows, dims, sqn, sqd, NQ, HEAD_DIM)
+        grad_out = _tile(dOut + b * sdob + h * sdoh, rows, dims, sdon, sdod, NQ, HEAD_DIM)
+        row_base = tl.program_id(1) * NQ
+        lse = tl.load(Lse + row_base + rows, mask=rows < NQ, other=0.0)
+        delta = tl.load(Delta + row_base + rows, mask=rows < NQ, other=0.0)
+        grad_q = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for start in range(0, NK, BLOCK_N):
+            keys = start + tl.arange(0, BLOCK_N)
+            k = _tile(K + b * skb + h * skh, keys, dims, skn, skd, NK, HEAD_DIM)
+            v = _tile(V + b * svb + h * svh, keys, dims, svn, svd, NK, HEAD_DIM)
+            p = _probabilities(q, k, lse, rows, keys, scale * 1.4426950408889634, NQ, NK, PRECISION)
+            grad_p = tl.dot(grad_out, tl.trans(v), input_precision=PRECISION)
+            grad_logits = p * (grad_p - delta[:, None])
+            grad_q += tl.dot(grad_logits.to(k.dtype), k, input_precision=PRECISION)
+        mask = (rows[:, None] < NQ) & (dims[None, :] < HEAD_DIM)
+        grad_q = grad_q * scale
+        tl.store(dQ + b * sdqb + h * sdqh + rows[:, None] * sdqn + dims[None, :] * sdqd, grad_q.to(dQ.dtype.element_ty), mask=mask)
