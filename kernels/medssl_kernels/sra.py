@@ -7,7 +7,9 @@ token). Three pieces, as in every medssl kernel file:
 - :func:`sra_attention_triton`: fused Triton kernels, forward and backward, in an autograd Function.
   The forward walks the keys of one (batch, head) in blocks with an online softmax, so the Nq x Nk
   logits never reach memory; it saves the per-row log-sum-exp, from which the backward recomputes the
-  probabilities (one kernel for dK/dV per key block, one for dQ per query block);
+  probabilities: one kernel for dQ per query block, and one for dK/dV per key block and slice of the
+  queries (Nk << Nq leaves too few key blocks to fill a GPU, so slices add their partial sums atomically
+  in float32; the order of those additions, hence the last bits of dK/dV, may vary between runs);
 - :func:`sra_attention`: what the models call; picks the Triton path for CUDA tensors and the reference
   elsewhere. ``MEDSSL_KERNELS=torch|triton|auto`` (read at each call) overrides; while exporting
   (ONNX, ``torch.export``, TorchScript tracing) or compiling, the reference is used.
@@ -141,6 +143,14 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _target_programs(device: torch.device) -> int:
+    """Programs the dK/dV backward aims for: four per streaming multiprocessor on a GPU; a few under the
+    interpreter (enough that the tests exercise the split-query path)."""
+    if device.type == "cuda":
+        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 64
+
+
 def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
     return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
 
@@ -173,21 +183,26 @@ class _SRAAttention(torch.autograd.Function):
         num_keys = k.shape[2]
         delta = (grad_out.float() * out.float()).sum(dim=-1)  # (B, H, Nq): rowsum(dO * O)
         grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        grad_k = torch.empty(k.shape, dtype=k.dtype, device=k.device)
-        grad_v = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+        # dK/dV are summed over the queries; with Nk << Nq one program per key block would leave most of
+        # the GPU idle, so the queries are split over `splits` programs per key block that add their
+        # partial sums atomically into float32 buffers.
+        grad_k = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
+        grad_v = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
         blocks = _blocks(head_dim)
         common = dict(HEAD_DIM=head_dim, PRECISION=_precision(q.dtype), **blocks)
-        _sra_backward_kv_kernel[(triton.cdiv(num_keys, blocks["BLOCK_N"]), batch * heads)](
+        key_blocks, query_blocks = triton.cdiv(num_keys, blocks["BLOCK_N"]), triton.cdiv(num_queries, blocks["BLOCK_M"])
+        splits = max(1, min(query_blocks, triton.cdiv(_target_programs(q.device), key_blocks * batch * heads)))
+        _sra_backward_kv_kernel[(key_blocks, splits, batch * heads)](
             q, k, v, grad_out, lse, delta, grad_k, grad_v, ctx.scale,
             *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(grad_k), *_strides(grad_v),
-            heads, num_queries, num_keys, **common,
+            heads, num_queries, num_keys, triton.cdiv(query_blocks, splits) * blocks["BLOCK_M"], **common,
         )
         _sra_backward_q_kernel[(triton.cdiv(num_queries, blocks["BLOCK_M"]), batch * heads)](
             q, k, v, grad_out, lse, delta, grad_q, ctx.scale,
             *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(grad_q),
             heads, num_queries, num_keys, **common,
         )
-        return grad_q, grad_k, grad_v, None
+        return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype), None
 
 
 if triton is not None:
@@ -246,21 +261,23 @@ if triton is not None:
         Q, K, V, dOut, Lse, Delta, dK, dV, scale,
         sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdob, sdoh, sdon, sdod,
         sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd,
-        H, NQ, NK,
+        H, NQ, NK, QUERIES_PER_PROGRAM,
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
         PRECISION: tl.constexpr,
     ):
-        """One program: dK and dV of BLOCK_N keys of one (batch, head), summed over all query blocks."""
-        b = tl.program_id(1) // H
-        h = tl.program_id(1) % H
+        """One program: the dK and dV of BLOCK_N keys of one (batch, head) from QUERIES_PER_PROGRAM queries
+        (program_id(1) picks which), added atomically to float32 dK/dV."""
+        b = tl.program_id(2) // H
+        h = tl.program_id(2) % H
         keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, BLOCK_D)
         k = _tile(K + b * skb + h * skh, keys, dims, skn, skd, NK, HEAD_DIM)
         v = _tile(V + b * svb + h * svh, keys, dims, svn, svd, NK, HEAD_DIM)
         grad_k = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
         grad_v = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-        row_base = tl.program_id(1) * NQ
-        for start in range(0, NQ, BLOCK_M):
+        row_base = tl.program_id(2) * NQ
+        first_query = tl.program_id(1) * QUERIES_PER_PROGRAM
+        for start in range(first_query, tl.minimum(first_query + QUERIES_PER_PROGRAM, NQ), BLOCK_M):
             rows = start + tl.arange(0, BLOCK_M)
             q = _tile(Q + b * sqb + h * sqh, rows, dims, sqn, sqd, NQ, HEAD_DIM)
             grad_out = _tile(dOut + b * sdob + h * sdoh, rows, dims, sdon, sdod, NQ, HEAD_DIM)
@@ -272,9 +289,8 @@ if triton is not None:
             grad_logits = p * (grad_p - delta[:, None])
             grad_k += tl.dot(tl.trans(grad_logits.to(q.dtype)), q, input_precision=PRECISION)
         mask = (keys[:, None] < NK) & (dims[None, :] < HEAD_DIM)
-        grad_k = grad_k * scale
-        tl.store(dK + b * sdkb + h * sdkh + keys[:, None] * sdkn + dims[None, :] * sdkd, grad_k.to(dK.dtype.element_ty), mask=mask)
-        tl.store(dV + b * sdvb + h * sdvh + keys[:, None] * sdvn + dims[None, :] * sdvd, grad_v.to(dV.dtype.element_ty), mask=mask)
+        tl.atomic_add(dK + b * sdkb + h * sdkh + keys[:, None] * sdkn + dims[None, :] * sdkd, grad_k * scale, mask=mask)
+        tl.atomic_add(dV + b * sdvb + h * sdvh + keys[:, None] * sdvn + dims[None, :] * sdvd, grad_v, mask=mask)
 
     @triton.jit
     def _sra_backward_q_kernel(
