@@ -323,17 +323,17 @@ def run(args: argparse.Namespace, shapes: Sequence[AttentionShape]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.dry_run and not torch.cuda.is_available():
+        print("bench/kernels/sra.py times CUDA kernels and found no CUDA GPU (torch.cuda.is_available() is False); "
+              "run it on a GPU machine, or use --dry-run for the shape table", file=sys.stderr)
+        return 2
     shapes = selected_shapes(args)
-    element_size = torch.empty((), dtype=DTYPES[args.dtype]).element_size()
     if args.dry_run:
+        element_size = torch.empty((), dtype=DTYPES[args.dtype]).element_size()
         print(f"{VARIANT} SRA calls ({args.dtype}; shapes checked against the model's own calls on the meta device; "
               f"ridge point {RIDGE_FLOPS_PER_BYTE:.0f} FLOP/byte):\n")
         print(shape_table(shapes, element_size))
         return 0
-    if not torch.cuda.is_available():
-        print("bench/kernels/sra.py times CUDA kernels and found no CUDA GPU (torch.cuda.is_available() is False); "
-              "run it on a GPU machine, or use --dry-run for the shape table", file=sys.stderr)
-        return 2
     report = run(args, shapes)
     print("\n" + report)
     if args.output is not None:
