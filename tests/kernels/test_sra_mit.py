@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from closeness import relative_error
 from conftest import NANO_KWARGS
 
 from medssl_kernels import sra
@@ -49,11 +50,6 @@ def forbid(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
         raise AssertionError(f"the dispatch called {name}")
 
     monkeypatch.setattr(sra, name, forbidden)
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """max |actual - expected| / max |expected|."""
-    return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-12)).item()
 
 
 def outputs_and_gradients(model: MiT, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from closeness import assert_relative_close
 
 from medssl_kernels.sra import sra_attention, sra_attention_reference, sra_attention_triton
 
@@ -17,14 +18,6 @@ def grads(fn, q, k, v, grad_out, scale=None):
     out = fn(q, k, v, scale)
     out.backward(grad_out)
     return out.detach(), q.grad, k.grad, v.grad
-
-
-def assert_relative_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float, name: str) -> None:
-    """max |actual - expected| <= tolerance * max |expected|, plus float32 rounding noise for all-zero
-    references (one key: the softmax is constant and dq is exactly 0)."""
-    error = (actual.float() - expected.float()).abs().max()
-    bound = tolerance * expected.float().abs().max() + 1e-5
-    assert error <= bound, f"{name}: max error {error:.2e} > {bound:.2e} (relative tolerance {tolerance:.0e})"
 
 
 @pytest.mark.parametrize("head_dim", [24, 32, 48, 64])
