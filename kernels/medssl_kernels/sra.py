@@ -20,9 +20,9 @@ with masked loads (MiT uses 24, 32, 48 and 64); float32, float16 and bfloat16, a
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from medssl_kernels import dispatch
 
 try:
     import triton
@@ -30,8 +30,6 @@ try:
 except ImportError:  # the [gpu] extra is not installed: only the reference is available
     triton = None
 
-KERNELS_ENV = "MEDSSL_KERNELS"
-BACKENDS = ("auto", "torch", "triton")
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
 LOG2_E = 1.4426950408889634
@@ -70,38 +68,8 @@ def sra_attention(
 
 
 def use_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """The dispatch rule: ``MEDSSL_KERNELS`` (default ``auto``) and what the tensors and the moment allow.
-
-    ``torch``: never. ``auto``: CUDA tensors of a supported dtype and head dim, Triton installed.
-    ``triton``: always, or a clear error if it cannot run (no Triton; CPU tensors without the
-    interpreter, ``TRITON_INTERPRET=1``; an unsupported dtype or head dim). Exporting or compiling: never.
-    """
-    choice = (os.environ.get(KERNELS_ENV) or "auto").strip().lower()
-    if choice not in BACKENDS:
-        raise ValueError(f"{KERNELS_ENV}={os.environ.get(KERNELS_ENV)!r}; use one of {', '.join(BACKENDS)}")
-    if choice == "torch" or _exporting_or_compiling():
-        return False
-    problem = _triton_problem(q, k, v)
-    if choice == "auto":
-        return problem is None and q.is_cuda
-    if problem is not None:
-        raise RuntimeError(f"{KERNELS_ENV}=triton, but the Triton SRA kernel cannot run: {problem}")
-    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError(
-            f"{KERNELS_ENV}=triton with {q.device} tensors needs the Triton interpreter: set TRITON_INTERPRET=1 "
-            "before Triton is imported (or use CUDA tensors)"
-        )
-    return True
-
-
-def _exporting_or_compiling() -> bool:
-    return bool(
-        torch.onnx.is_in_onnx_export()
-        or torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.compiler.is_exporting()
-        or torch.compiler.is_compiling()
-    )
+    """The shared dispatch rule (:mod:`medssl_kernels.dispatch`) applied to these tensors."""
+    return dispatch.use_triton("SRA", _triton_problem(q, k, v), q.device)
 
 
 def _triton_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
