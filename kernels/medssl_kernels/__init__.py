@@ -5,5 +5,6 @@ implementation with its dispatch. Models import the public function only.
 """
 
 from medssl_kernels.sra import sra_attention, sra_attention_reference
+from medssl_kernels.window_attention import window_attention_3d, window_attention_3d_reference
 
-__all__ = ["sra_attention", "sra_attention_reference"]
+__all__ = ["sra_attention", "sra_attention_reference", "window_attention_3d", "window_attention_3d_reference"]

@@ -1,0 +1,410 @@
+"""Shifted-window attention of 3D Swin (Swin UNETR): attention inside non-overlapping windows of the token grid.
+
+Shapes: q, k, v (B, heads, D, H, W, head_dim) on the token grid, D/H/W multiples of the window; the relative
+position bias table ((2wd-1)(2wh-1)(2ww-1), heads) as in MONAI's ``WindowAttention``. The semantics are MONAI's
+``SwinTransformerBlock`` attention: roll the grid by ``-shift``, cut it into windows, attend inside each window with
+``q k^T * scale + bias[relative position] + shift mask`` (-100 between tokens of different shift regions),
+put the windows back and roll by ``+shift``. Three pieces, as in every medssl kernel file:
+
+- :func:`window_attention_3d_reference`: eager roll + partition + attention + reverse, the ground truth;
+- :func:`window_attention_3d_triton`: fused Triton kernels in an autograd Function. One program takes a block
+  of queries of one window of one (batch, head): it finds its tokens on the grid by index arithmetic (the
+  cyclic shift included, so nothing is rolled or partitioned in memory), gathers the bias from the table,
+  computes the shift mask from the window's position and walks the window's keys in blocks with an online
+  softmax (a 7^3 = 343-token window is 6 x 6 blocks of 64). The backward recomputes the probabilities from
+  the saved log-sum-exp; dK, dV and the per-(head, query, key) bias gradient are added atomically in
+  float32 (the order of those additions, hence their last bits, may vary between runs), and the bias
+  gradient is folded into the table's rows by the relative position index;
+- :func:`window_attention_3d`: what the models call; the shared rule of :mod:`medssl_kernels.dispatch`
+  (``MEDSSL_KERNELS``) picks Triton for CUDA tensors and the reference elsewhere and while exporting.
+
+Head dims up to 128, padded inside the kernel to a power of two (Swin UNETR at feature 48 uses 16);
+float32, float16 and bfloat16, accumulating in float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import torch
+
+from medssl_kernels import dispatch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the [gpu] extra is not installed: only the reference is available
+    triton = None
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_HEAD_DIM = 128
+MASK_VALUE = -100.0  # MONAI's (and Swin's) logit offset between tokens of different shift regions
+LOG2_E = 1.4426950408889634
+
+
+def window_attention_3d_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    relative_position_bias_table: torch.Tensor,
+    window_size: Sequence[int],
+    shift_size: Sequence[int],
+    scale: float,
+) -> torch.Tensor:
+    """Eager shifted-window attention, step by step as MONAI's ``SwinTransformerBlock``.
+
+    Args:
+        q, k, v: (B, heads, D, H, W, head_dim); D, H, W multiples of ``window_size``.
+        relative_position_bias_table: ((2wd-1)(2wh-1)(2ww-1), heads).
+        window_size: (wd, wh, ww).
+        shift_size: (sd, sh, sw), each in [0, window); all 0 = no shift (and no mask).
+        scale: logit scale (``head_dim ** -0.5`` in Swin).
+
+    Returns:
+        (B, heads, D, H, W, head_dim).
+    """
+    window_size, shift_size = _check(q, k, v, relative_position_bias_table, window_size, shift_size)
+    grid = q.shape[2:5]
+    shifted = any(shift_size)
+    if shifted:
+        q, k, v = (torch.roll(t, tuple(-s for s in shift_size), dims=(2, 3, 4)) for t in (q, k, v))
+    q, k, v = (_partition(t, window_size) for t in (q, k, v))  # (B, heads, windows, N, head_dim)
+    tokens = q.shape[3]
+    bias = relative_position_bias_table[relative_position_index(window_size).to(q.device).view(-1)]
+    attn = (q * scale) @ k.transpose(-2, -1) + bias.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(1)
+    if shifted:
+        attn = attn + shift_mask(grid, window_size, shift_size, q.device)
+    out = attn.softmax(dim=-1).to(v.dtype) @ v
+    out = _reverse(out, grid, window_size)
+    return torch.roll(out, tuple(shift_size), dims=(2, 3, 4)) if shifted else out
+
+
+def window_attention_3d(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    relative_position_bias_table: torch.Tensor,
+    window_size: Sequence[int],
+    shift_size: Sequence[int],
+    scale: float,
+) -> torch.Tensor:
+    """Shifted-window attention as the models call it; arguments and result as :func:`window_attention_3d_reference`.
+
+    Runs :func:`window_attention_3d_triton` when the dispatch rule says so, else the reference.
+    """
+    args = (q, k, v, relative_position_bias_table, window_size, shift_size, scale)
+    if dispatch.use_triton("window attention", _triton_problem(q, k, v, relative_position_bias_table), q.device):
+        return window_attention_3d_triton(*args)
+    return window_attention_3d_reference(*args)
+
+
+def relative_position_index(window_size: Sequence[int]) -> torch.Tensor:
+    """MONAI's relative position index, (N, N) int64 with N = wd*wh*ww: for query i and key j of a window,
+    ``((dz + wd-1) * (2wh-1) + dy + wh-1) * (2ww-1) + dx + ww-1`` with (dz, dy, dx) = coords(i) - coords(j)."""
+    return _relative_position_index(tuple(window_size)).clone()
+
+
+@lru_cache(maxsize=16)
+def _relative_position_index(window_size: tuple[int, int, int]) -> torch.Tensor:
+    wd, wh, ww = window_size
+    coords = torch.stack(torch.meshgrid(*(torch.arange(w) for w in window_size), indexing="ij")).flatten(1)  # (3, N)
+    relative = coords[:, :, None] - coords[:, None, :] + torch.tensor([wd - 1, wh - 1, ww - 1]).view(3, 1, 1)
+    return (relative[0] * (2 * wh - 1) + relative[1]) * (2 * ww - 1) + relative[2]
+
+
+def shift_mask(
+    grid: Sequence[int], window_size: Sequence[int], shift_size: Sequence[int], device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The shift mask, (windows, N, N) float32: -100 between tokens of different shift regions, 0 elsewhere.
+
+    On each axis of the rolled grid (length L, window w, shift s > 0) the regions are [0, L-w), [L-w, L-s)
+    and [L-s, L) (tokens rolled in from the other side); an axis with s = 0 is one region.
+    """
+    regions = torch.zeros(tuple(grid), dtype=torch.int64)
+    for axis, (length, window, shift) in enumerate(zip(grid, window_size, shift_size)):
+        if shift > 0:
+            axis_regions = torch.zeros(length, dtype=torch.int64)
+            axis_regions[length - window : length - shift] = 1
+            axis_regions[length - shift :] = 2
+            shape = [1, 1, 1]
+            shape[axis] = length
+            regions = regions * 3 + axis_regions.view(shape)
+    ids = _partition(regions[None, None, ..., None], window_size)[0, 0, :, :, 0]  # (windows, N)
+    mask = torch.where(ids[:, :, None] != ids[:, None, :], MASK_VALUE, 0.0)
+    return mask.to(device)
+
+
+def _partition(x: torch.Tensor, window_size: Sequence[int]) -> torch.Tensor:
+    """(B, heads, D, H, W, C) -> (B, heads, windows, N, C); windows in (d, h, w) order, tokens in (z, y, x) order."""
+    batch, heads, depth, height, width, channels = x.shape
+    wd, wh, ww = window_size
+    x = x.reshape(batch, heads, depth // wd, wd, height // wh, wh, width // ww, ww, channels)
+    return x.permute(0, 1, 2, 4, 6, 3, 5, 7, 8).reshape(batch, heads, -1, wd * wh * ww, channels)
+
+
+def _reverse(windows: torch.Tensor, grid: Sequence[int], window_size: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`_partition`: (B, heads, windows, N, C) -> (B, heads, D, H, W, C)."""
+    batch, heads, _, _, channels = windows.shape
+    (depth, height, width), (wd, wh, ww) = grid, window_size
+    x = windows.reshape(batch, heads, depth // wd, height // wh, width // ww, wd, wh, ww, channels)
+    return x.permute(0, 1, 2, 5, 3, 6, 4, 7, 8).reshape(batch, heads, depth, height, width, channels)
+
+
+def _check(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    table: torch.Tensor,
+    window_size: Sequence[int],
+    shift_size: Sequence[int],
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Validate the arguments (ValueError naming the problem); returns window and shift as int 3-tuples."""
+    if len(tuple(window_size)) != 3 or len(tuple(shift_size)) != 3:
+        raise ValueError(f"window_attention_3d: window_size and shift_size must be 3 ints; got {window_size}, {shift_size}")
+    window, shift = tuple(int(w) for w in window_size), tuple(int(s) for s in shift_size)
+    if q.ndim != 6 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(
+            f"window_attention_3d: q, k, v must share one (B, heads, D, H, W, head_dim) shape; "
+            f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if any(w < 1 for w in window) or any(not 0 <= s < w for s, w in zip(shift, window)):
+        raise ValueError(f"window_attention_3d: need window >= 1 and 0 <= shift < window per axis; got {window}, {shift}")
+    if any(length % w for length, w in zip(q.shape[2:5], window)):
+        raise ValueError(
+            f"window_attention_3d: the grid {tuple(q.shape[2:5])} must be a multiple of the window {window}; "
+            "pad the grid first (as MONAI's SwinTransformerBlock does)"
+        )
+    entries = (2 * window[0] - 1) * (2 * window[1] - 1) * (2 * window[2] - 1)
+    if table.shape != (entries, q.shape[1]):
+        raise ValueError(
+            f"window_attention_3d: the relative position bias table must be ({entries}, {q.shape[1]}) for window "
+            f"{window} and {q.shape[1]} heads; got {tuple(table.shape)}"
+        )
+    return window, shift
+
+
+def _triton_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor) -> str | None:
+    """Why the Triton path cannot take these tensors (shapes aside: :func:`_check` names those), or None."""
+    if triton is None:
+        return "Triton is not installed (pip install 'medssl-sdk[gpu]')"
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES or table.dtype not in SUPPORTED_DTYPES:
+        dtypes = ", ".join(str(t.dtype) for t in (q, k, v, table))
+        return f"q, k, v must share one of float32/float16/bfloat16 (and the table be one); got {dtypes}"
+    if q.ndim == 6 and q.shape[-1] > MAX_HEAD_DIM:
+        return f"head dim {q.shape[-1]} is above {MAX_HEAD_DIM}"
+    if not (q.device == k.device == v.device == table.device):
+        return f"q, k, v and the table are on different devices: {q.device}, {k.device}, {v.device}, {table.device}"
+    return None
+
+
+def window_attention_3d_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    relative_position_bias_table: torch.Tensor,
+    window_size: Sequence[int],
+    shift_size: Sequence[int],
+    scale: float,
+) -> torch.Tensor:
+    """The fused Triton window attention (forward and backward); arguments and result as the reference."""
+    window, shift = _check(q, k, v, relative_position_bias_table, window_size, shift_size)
+    problem = _triton_problem(q, k, v, relative_position_bias_table)
+    if problem is not None:
+        raise ValueError(f"window_attention_3d_triton: {problem}")
+    return _WindowAttention3D.apply(q, k, v, relative_position_bias_table, window, shift, float(scale))
+
+
+def _launch(q: torch.Tensor, window: tuple[int, int, int]) -> tuple[tuple[int, int, int], dict[str, int]]:
+    """Grid (query blocks, windows, B * heads) and the tile sizes: up to 64 queries x 64 keys, the head dim
+    padded to a power of two (at least 16 for tl.dot), the window size as compile-time constants."""
+    tokens = window[0] * window[1] * window[2]
+    block = min(64, max(16, triton.next_power_of_2(tokens)))
+    windows = (q.shape[2] // window[0]) * (q.shape[3] // window[1]) * (q.shape[4] // window[2])
+    constants = {
+        "WD": window[0], "WH": window[1], "WW": window[2], "HEAD_DIM": q.shape[-1],
+        "BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": max(16, triton.next_power_of_2(q.shape[-1])),
+        "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+    }  # fmt: skip
+    return (triton.cdiv(tokens, block), windows, q.shape[0] * q.shape[1]), constants
+
+
+def _strides(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(t.stride())
+
+
+class _WindowAttention3D(torch.autograd.Function):
+    """Autograd wrapper: saves q, k, v, the table, the output and the log-sum-exp (base 2) for the backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, table, window: tuple[int, int, int], shift: tuple[int, int, int], scale: float) -> torch.Tensor:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        lse = torch.empty(q.shape[:5], dtype=torch.float32, device=q.device)
+        grid, constants = _launch(q, window)
+        _window_forward_kernel[grid](
+            q, k, v, out, table, lse, scale,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(table),
+            q.shape[1], *q.shape[2:5], *shift, **constants,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, table, out, lse)
+        ctx.window, ctx.shift, ctx.scale = window, shift, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        q, k, v, table, out, lse = ctx.saved_tensors
+        delta = (grad_out.float() * out.float()).sum(dim=-1).contiguous()  # (B, heads, D, H, W): rowsum(dO * O)
+        grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        grad_k = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
+        grad_v = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+        tokens = ctx.window[0] * ctx.window[1] * ctx.window[2]
+        grad_bias = torch.zeros((q.shape[1], tokens, tokens), dtype=torch.float32, device=q.device)  # summed over windows
+        grid, constants = _launch(q, ctx.window)
+        _window_backward_kernel[grid](
+            q, k, v, table, grad_out, lse, delta, grad_q, grad_k, grad_v, grad_bias, ctx.scale,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(table), *_strides(grad_out),
+            *_strides(grad_q), *_strides(grad_k), *_strides(grad_v),
+            q.shape[1], *q.shape[2:5], *ctx.shift, **constants,
+        )  # fmt: skip
+        index = _relative_position_index(ctx.window).to(q.device).view(-1)
+        grad_table = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
+        grad_table.index_add_(0, index, grad_bias.view(q.shape[1], -1).t())
+        return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype), grad_table.to(table.dtype), None, None, None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _locate(tokens, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr):
+        """Tokens (indices in a window, z-y-x order) of window ``window`` (d-h-w order over the rolled grid):
+        their coordinates in the window, their grid coordinates before the roll, and their shift region."""
+        windows_h = H // WH
+        windows_w = W // WW
+        local_d = tokens // (WH * WW)
+        local_h = (tokens // WW) % WH
+        local_w = tokens % WW
+        grid_d, region_d = _axis(local_d, window // (windows_h * windows_w), SHIFT_D, D, WD)
+        grid_h, region_h = _axis(local_h, (window // windows_w) % windows_h, SHIFT_H, H, WH)
+        grid_w, region_w = _axis(local_w, window % windows_w, SHIFT_W, W, WW)
+        return local_d, local_h, local_w, grid_d, grid_h, grid_w, (region_d * 3 + region_h) * 3 + region_w
+
+    @triton.jit
+    def _axis(local, window_index, shift, length, WINDOW: tl.constexpr):
+        """One axis: the rolled coordinate's source on the grid, and its shift region (0 when unshifted)."""
+        rolled = window_index * WINDOW + local
+        region = tl.where(rolled < length - WINDOW, 0, tl.where(rolled < length - shift, 1, 2))
+        return (rolled + shift) % length, tl.where(shift == 0, 0, region)
+
+    @triton.jit
+    def _tile(base, grid_d, grid_h, grid_w, valid, dims, s_d, s_h, s_w, s_c, HEAD_DIM: tl.constexpr):
+        """Load the (tokens, BLOCK_D) tile of the given grid positions, zero outside ``valid`` x ``HEAD_DIM``."""
+        rows = grid_d * s_d + grid_h * s_h + grid_w * s_w
+        mask = valid[:, None] & (dims[None, :] < HEAD_DIM)
+        return tl.load(base + rows[:, None] + dims[None, :] * s_c, mask=mask, other=0.0)
+
+    @triton.jit
+    def _logits(
+        q, k, Table, stt, sth, h, qd, qh, qw, kd, kh, kw, q_region, k_region, valid, key_valid, scale,
+        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        """Base-2 logits (BLOCK_M, BLOCK_N): (q k^T * scale + bias + shift mask) * log2(e); -inf for keys off
+        ``key_valid`` (BLOCK_N,), the bias read only where ``valid`` (BLOCK_M, BLOCK_N)."""
+        index = ((qd[:, None] - kd[None, :] + WD - 1) * (2 * WH - 1) + qh[:, None] - kh[None, :] + WH - 1) * (2 * WW - 1)
+        index = index + qw[:, None] - kw[None, :] + WW - 1
+        bias = tl.load(Table + index * stt + h * sth, mask=valid, other=0.0).to(tl.float32)
+        logits = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale + bias
+        logits = tl.where(q_region[:, None] != k_region[None, :], logits - 100.0, logits)
+        return tl.where(key_valid[None, :], logits * 1.4426950408889634, float("-inf"))
+
+    @triton.jit
+    def _window_forward_kernel(
+        Q, K, V, Out, Table, Lse, scale,
+        sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc,
+        sob, soh, sod, soy, sox, soc, stt, sth,
+        HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
+        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        """One program: BLOCK_M queries of one window of one (batch, head) against the window's keys, online softmax."""
+        N: tl.constexpr = WD * WH * WW
+        b = tl.program_id(2) // HEADS
+        h = tl.program_id(2) % HEADS
+        window = tl.program_id(1)
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        dims = tl.arange(0, BLOCK_D)
+        qd, qh, qw, gd, gh, gw, q_region = _locate(rows, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
+        q = _tile(Q + b * sqb + h * sqh, gd, gh, gw, rows < N, dims, sqd, sqy, sqx, sqc, HEAD_DIM)
+        row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        row_sum = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for start in range(0, N, BLOCK_N):
+            keys = start + tl.arange(0, BLOCK_N)
+            kd, kh, kw, hd, hh, hw, k_region = _locate(keys, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
+            k = _tile(K + b * skb + h * skh, hd, hh, hw, keys < N, dims, skd, sky, skx, skc, HEAD_DIM)
+            valid = (rows[:, None] < N) & (keys[None, :] < N)
+            logits = _logits(
+                q, k, Table, stt, sth, h, qd, qh, qw, kd, kh, kw, q_region, k_region, valid, keys < N, scale, WD, WH, WW, PRECISION
+            )
+            new_max = tl.maximum(row_max, tl.max(logits, 1))
+            correction = tl.exp2(row_max - new_max)
+            p = tl.exp2(logits - new_max[:, None])
+            row_sum = row_sum * correction + tl.sum(p, 1)
+            v = _tile(V + b * svb + h * svh, hd, hh, hw, keys < N, dims, svd, svy, svx, svc, HEAD_DIM)
+            acc = acc * correction[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            row_max = new_max
+        acc = acc / row_sum[:, None]
+        out_rows = b * sob + h * soh + gd * sod + gh * soy + gw * sox
+        out_mask = (rows[:, None] < N) & (dims[None, :] < HEAD_DIM)
+        tl.store(Out + out_rows[:, None] + dims[None, :] * soc, acc.to(Out.dtype.element_ty), mask=out_mask)
+        lse_rows = ((tl.program_id(2) * D + gd) * H + gh) * W + gw
+        tl.store(Lse + lse_rows, row_max + tl.log2(row_sum), mask=rows < N)
+
+    @triton.jit
+    def _window_backward_kernel(
+        Q, K, V, Table, dOut, Lse, Delta, dQ, dK, dV, dBias, scale,
+        sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
+        sgb, sgh, sgd, sgy, sgx, sgc, sdqb, sdqh, sdqd, sdqy, sdqx, sdqc,
+        sdkb, sdkh, sdkd, sdky, sdkx, sdkc, sdvb, sdvh, sdvd, sdvy, sdvx, sdvc,
+        HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
+        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+    ):  # fmt: skip
+        """One program: BLOCK_M queries of one window of one (batch, head). Stores their dQ; adds their share of
+        dK, dV (float32) and of the (head, query, key) bias gradient atomically."""
+        N: tl.constexpr = WD * WH * WW
+        b = tl.program_id(2) // HEADS
+        h = tl.program_id(2) % HEADS
+        window = tl.program_id(1)
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        dims = tl.arange(0, BLOCK_D)
+        qd, qh, qw, gd, gh, gw, q_region = _locate(rows, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
+        q = _tile(Q + b * sqb + h * sqh, gd, gh, gw, rows < N, dims, sqd, sqy, sqx, sqc, HEAD_DIM)
+        grad_out = _tile(dOut + b * sgb + h * sgh, gd, gh, gw, rows < N, dims, sgd, sgy, sgx, sgc, HEAD_DIM)
+        row_offsets = ((tl.program_id(2) * D + gd) * H + gh) * W + gw
+        lse = tl.load(Lse + row_offsets, mask=rows < N, other=0.0)
+        delta = tl.load(Delta + row_offsets, mask=rows < N, other=0.0)
+        grad_q = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        for start in range(0, N, BLOCK_N):
+            keys = start + tl.arange(0, BLOCK_N)
+            kd, kh, kw, hd, hh, hw, k_region = _locate(keys, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
+            k = _tile(K + b * skb + h * skh, hd, hh, hw, keys < N, dims, skd, sky, skx, skc, HEAD_DIM)
+            v = _tile(V + b * svb + h * svh, hd, hh, hw, keys < N, dims, svd, svy, svx, svc, HEAD_DIM)
+            valid = (rows[:, None] < N) & (keys[None, :] < N)
+            logits = _logits(
+                q, k, Table, stt, sth, h, qd, qh, qw, kd, kh, kw, q_region, k_region, valid, keys < N, scale, WD, WH, WW, PRECISION
+            )
+            p = tl.where(valid, tl.exp2(logits - lse[:, None]), 0.0)
+            grad_v = tl.dot(tl.trans(p.to(grad_out.dtype)), grad_out, input_precision=PRECISION)
+            grad_p = tl.dot(grad_out, tl.trans(v), input_precision=PRECISION)
+            grad_logits = p * (grad_p - delta[:, None])  # d loss / d (q k^T * scale + bias)
+            grad_q += tl.dot(grad_logits.to(k.dtype), k, input_precision=PRECISION)
+            grad_k = tl.dot(tl.trans(grad_logits.to(q.dtype)), q, input_precision=PRECISION) * scale
+            key_mask = (keys[:, None] < N) & (dims[None, :] < HEAD_DIM)
+            key_k = b * sdkb + h * sdkh + hd * sdkd + hh * sdky + hw * sdkx
+            tl.atomic_add(dK + key_k[:, None] + dims[None, :] * sdkc, grad_k, mask=key_mask)
+            key_v = b * sdvb + h * sdvh + hd * sdvd + hh * sdvy + hw * sdvx
+            tl.atomic_add(dV + key_v[:, None] + dims[None, :] * sdvc, grad_v, mask=key_mask)
+            tl.atomic_add(dBias + (h * N + rows[:, None]) * N + keys[None, :], grad_logits, mask=valid)
+        out_rows = b * sdqb + h * sdqh + gd * sdqd + gh * sdqy + gw * sdqx
+        out_mask = (rows[:, None] < N) & (dims[None, :] < HEAD_DIM)
+        tl.store(dQ + out_rows[:, None] + dims[None, :] * sdqc, (grad_q * scale).to(dQ.dtype.element_ty), mask=out_mask)
