@@ -69,14 +69,14 @@ def window_attention_3d_reference(
     shifted = any(shift_size)
     if shifted:
         q, k, v = (torch.roll(t, tuple(-s for s in shift_size), dims=(2, 3, 4)) for t in (q, k, v))
-    q, k, v = (_partition(t, window_size) for t in (q, k, v))  # (B, heads, windows, N, head_dim)
+    q, k, v = (window_partition(t, window_size) for t in (q, k, v))  # (B, heads, windows, N, head_dim)
     tokens = q.shape[3]
     bias = relative_position_bias_table[relative_position_index(window_size).to(q.device).view(-1)]
     attn = (q * scale) @ k.transpose(-2, -1) + bias.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(1)
     if shifted:
         attn = attn + shift_mask(grid, window_size, shift_size, q.device)
     out = attn.softmax(dim=-1).to(v.dtype) @ v
-    out = _reverse(out, grid, window_size)
+    out = window_reverse(out, grid, window_size)
     return torch.roll(out, tuple(shift_size), dims=(2, 3, 4)) if shifted else out
 
 
@@ -130,12 +130,12 @@ def shift_mask(
             shape = [1, 1, 1]
             shape[axis] = length
             regions = regions * 3 + axis_regions.view(shape)
-    ids = _partition(regions[None, None, ..., None], window_size)[0, 0, :, :, 0]  # (windows, N)
+    ids = window_partition(regions[None, None, ..., None], window_size)[0, 0, :, :, 0]  # (windows, N)
     mask = torch.where(ids[:, :, None] != ids[:, None, :], MASK_VALUE, 0.0)
     return mask.to(device)
 
 
-def _partition(x: torch.Tensor, window_size: Sequence[int]) -> torch.Tensor:
+def window_partition(x: torch.Tensor, window_size: Sequence[int]) -> torch.Tensor:
     """(B, heads, D, H, W, C) -> (B, heads, windows, N, C); windows in (d, h, w) order, tokens in (z, y, x) order."""
     batch, heads, depth, height, width, channels = x.shape
     wd, wh, ww = window_size
@@ -143,8 +143,8 @@ def _partition(x: torch.Tensor, window_size: Sequence[int]) -> torch.Tensor:
     return x.permute(0, 1, 2, 4, 6, 3, 5, 7, 8).reshape(batch, heads, -1, wd * wh * ww, channels)
 
 
-def _reverse(windows: torch.Tensor, grid: Sequence[int], window_size: Sequence[int]) -> torch.Tensor:
-    """Inverse of :func:`_partition`: (B, heads, windows, N, C) -> (B, heads, D, H, W, C)."""
+def window_reverse(windows: torch.Tensor, grid: Sequence[int], window_size: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: (B, heads, windows, N, C) -> (B, heads, D, H, W, C)."""
     batch, heads, _, _, channels = windows.shape
     (depth, height, width), (wd, wh, ww) = grid, window_size
     x = windows.reshape(batch, heads, depth // wd, height // wh, width // ww, wd, wh, ww, channels)

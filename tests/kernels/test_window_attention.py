@@ -159,3 +159,19 @@ def test_dispatch_follows_medssl_kernels(monkeypatch: pytest.MonkeyPatch, settin
     out = window_attention_3d(q, k, v, table, (2, 3, 3), (1, 1, 1), 0.25)
     assert (len(triton_calls), len(reference_calls)) == ((1, 0) if expect_triton else (0, 1))
     assert_relative_close(out, window_attention_3d_reference(q, k, v, table, (2, 3, 3), (1, 1, 1), 0.25), 1e-4, "out")
+
+
+class ShiftedWindowAttention(torch.nn.Module):
+    def forward(self, q, k, v, table):
+        return window_attention_3d(q, k, v, table, (2, 3, 3), (1, 1, 1), 0.25)
+
+
+def test_export_traces_the_reference_even_when_triton_is_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDSSL_KERNELS", "triton")
+    triton_calls = count_calls(monkeypatch, "window_attention_3d_triton")
+    q, k, v, table, _ = inputs((4, 6, 6), (2, 3, 3), 16)
+    exported = torch.export.export(ShiftedWindowAttention(), (q, k, v, table))
+    assert triton_calls == []
+    assert any("softmax" in str(node.target) for node in exported.graph.nodes)  # the reference's eager softmax
+    expected = window_attention_3d_reference(q, k, v, table, (2, 3, 3), (1, 1, 1), 0.25)
+    assert_relative_close(exported.module()(q, k, v, table), expected, 1e-6, "exported")

@@ -1,0 +1,317 @@
+"""The fused Triton 3D shifted-window attention against MONAI-style eager attention and SDPA, at Swin UNETR's shapes.
+
+    .venv/bin/python bench/kernels/window3d.py                           # stages 1 and 2, bf16, batch 2 (needs a CUDA GPU)
+    .venv/bin/python bench/kernels/window3d.py --batch 1 --dtype fp16
+    .venv/bin/python bench/kernels/window3d.py --output bench/results/window3d-h200.md
+    .venv/bin/python bench/kernels/window3d.py --dry-run                 # the shape table only; runs anywhere
+
+Shapes: Swin UNETR (MONAI's defaults: feature size 48, heads 3/6/12/24, patch size 2, window 7) on a 96^3 input.
+Stage 1 runs on the 48^3 token grid with 3 heads of dim 16, stage 2 on 24^3 with 6 heads of dim 16; MONAI pads
+the grid to a multiple of the window (49^3 and 28^3) before the attention. Swin blocks alternate unshifted and
+shifted windows (shift 3), so each stage is timed both ways. q, k, v are the strided views of one qkv projection
+(B, D, H, W, 3 * heads * head_dim), as the model hands them over.
+
+Per shape: a correctness check first (ours in the benchmark dtype against the float32 reference on the same
+values: output and dq, dk, dv, d(table); the run stops above 2e-2 relative), then the median time
+(``triton.testing.do_bench``, L2 flushed) of the forward (under ``torch.no_grad``) and of the forward + backward
+(``torch.autograd.grad`` for q, k, v and the bias table) of
+
+- eager: :func:`window_attention_3d_reference`, MONAI's steps (roll, partition, matmul + bias + mask, softmax,
+  matmul, reverse, roll back);
+- SDPA: roll and partition, then ``F.scaled_dot_product_attention`` with the gathered bias and the shift mask
+  folded into ``attn_mask``, then reverse and roll back;
+- ours: :func:`window_attention_3d_triton`.
+
+FLOPs count the two matmuls (4 B heads windows N^2 head_dim forward, 2.5x that backward); traffic is the minimum
+(q, k, v read and o written once; the backward adds dO read and dq, dk, dv written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.testing
+
+from medssl_kernels.window_attention import (
+    relative_position_index,
+    shift_mask,
+    window_attention_3d_reference,
+    window_attention_3d_triton,
+    window_partition,
+    window_reverse,
+)
+from medssl_zoo.files import write_atomically
+
+H200_HBM_BYTES_PER_S = 4.8e12
+H200_DENSE_FLOPS = 989e12  # bf16 and fp16, no sparsity
+RIDGE_FLOPS_PER_BYTE = H200_DENSE_FLOPS / H200_HBM_BYTES_PER_S
+MAX_RELATIVE_ERROR = 2e-2
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+INPUT_SIZE = 96
+WINDOW = (7, 7, 7)
+SHIFT = (3, 3, 3)
+
+WindowAttention = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class WindowShape:
+    """One window-attention call: q, k, v (batch, heads, *grid, head_dim), the grid padded to the window."""
+
+    stage: str
+    batch: int
+    heads: int
+    grid: tuple[int, int, int]
+    head_dim: int
+    shift: tuple[int, int, int]
+
+    @property
+    def tokens_per_window(self) -> int:
+        return WINDOW[0] * WINDOW[1] * WINDOW[2]
+
+    @property
+    def windows(self) -> int:
+        return (self.grid[0] // WINDOW[0]) * (self.grid[1] // WINDOW[1]) * (self.grid[2] // WINDOW[2])
+
+    def flops(self, with_backward: bool) -> float:
+        """Two matmuls per window forward (4 B heads windows N^2 head_dim), 2.5x that for the backward."""
+        forward = 4.0 * self.batch * self.heads * self.windows * self.tokens_per_window**2 * self.head_dim
+        return forward * 3.5 if with_backward else forward
+
+    def bytes(self, element_size: int, with_backward: bool) -> float:
+        """Minimum HBM traffic: q, k, v read and o written once; the backward doubles it (dO, dq, dk, dv)."""
+        forward = 4.0 * element_size * self.batch * self.heads * self.windows * self.tokens_per_window * self.head_dim
+        return 2 * forward if with_backward else forward
+
+    def intensity(self, element_size: int, with_backward: bool) -> float:
+        return self.flops(with_backward) / self.bytes(element_size, with_backward)
+
+    def label(self) -> str:
+        return f"{self.batch}x{self.heads}x{'x'.join(map(str, self.grid))}x{self.head_dim} shift {max(self.shift)}"
+
+
+def swin_unetr_shapes(batch: int) -> list[WindowShape]:
+    """Stages 1 and 2 of Swin UNETR (feature 48) on a 96^3 input, unshifted and shifted."""
+    shapes = []
+    for stage, (heads, downsampling) in enumerate(((3, 2), (6, 4)), start=1):
+        size = INPUT_SIZE // downsampling
+        padded = -(-size // WINDOW[0]) * WINDOW[0]
+        for shift in ((0, 0, 0), SHIFT):
+            shapes.append(WindowShape(f"stage {stage} ({size}^3 -> {padded}^3)", batch, heads, (padded,) * 3, 16, shift))
+    return shapes
+
+
+def sdpa_window_attention(q, k, v, table, window_size, shift_size, scale) -> torch.Tensor:
+    """Roll + partition, SDPA with the bias and the shift mask as ``attn_mask``, reverse + roll back."""
+    batch, heads, depth, height, width, head_dim = q.shape
+    tokens = window_size[0] * window_size[1] * window_size[2]
+    shifted = any(shift_size)
+    q, k, v = (torch.roll(t, tuple(-s for s in shift_size), dims=(2, 3, 4)) if shifted else t for t in (q, k, v))
+    q, k, v = (window_partition(t, window_size).flatten(1, 2) for t in (q, k, v))  # (B, heads * windows, N, head_dim)
+    bias = table[relative_position_index(window_size).to(q.device).view(-1)].view(tokens, tokens, heads).permute(2, 0, 1)
+    mask = bias.unsqueeze(1)  # (heads, 1, N, N)
+    if shifted:
+        mask = mask + shift_mask((depth, height, width), window_size, shift_size, q.device)
+    mask = mask.expand(heads, q.shape[1] // heads, tokens, tokens).reshape(1, q.shape[1], tokens, tokens)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), scale=scale)
+    out = window_reverse(out.unflatten(1, (heads, -1)), (depth, height, width), window_size)
+    return torch.roll(out, tuple(shift_size), dims=(2, 3, 4)) if shifted else out
+
+
+METHODS: dict[str, WindowAttention] = {
+    "eager": window_attention_3d_reference,
+    "SDPA": sdpa_window_attention,
+    "ours": window_attention_3d_triton,
+}
+
+
+def model_layout_inputs(shape: WindowShape, dtype: torch.dtype, device: str) -> tuple[torch.Tensor, ...]:
+    """q, k, v as views of one (B, D, H, W, 3 * heads * head_dim) projection; the bias table (float32, as the
+    model's parameter); a gradient for the output."""
+    projection = torch.randn(shape.batch, *shape.grid, 3 * shape.heads * shape.head_dim, dtype=dtype, device=device)
+    projection.requires_grad_(True)
+    q, k, v = projection.unflatten(-1, (3, shape.heads, shape.head_dim)).permute(4, 0, 5, 1, 2, 3, 6)
+    entries = (2 * WINDOW[0] - 1) * (2 * WINDOW[1] - 1) * (2 * WINDOW[2] - 1)
+    table = (torch.randn(entries, shape.heads, device=device) * 0.02).requires_grad_(True)
+    grad_out = torch.randn(shape.batch, shape.heads, *shape.grid, shape.head_dim, dtype=dtype, device=device)
+    return q, k, v, table, grad_out
+
+
+def output_and_gradients(fn: WindowAttention, shape: WindowShape, q, k, v, table, grad_out) -> tuple[torch.Tensor, ...]:
+    out = fn(q, k, v, table, WINDOW, shape.shift, shape.head_dim**-0.5)
+    return (out.detach(), *torch.autograd.grad(out, (q, k, v, table), grad_out))
+
+
+def check_correctness(shape: WindowShape, inputs: Sequence[torch.Tensor]) -> str:
+    """Ours in the inputs' dtype against the float32 reference on the same values; a markdown row of
+    "max abs / relative" errors for out, dq, dk, dv, d(table)."""
+    ours = output_and_gradients(window_attention_3d_triton, shape, *inputs)
+    q, k, v, table, grad_out = (t.detach().float().requires_grad_(t.requires_grad) for t in inputs)
+    expected = output_and_gradients(window_attention_3d_reference, shape, q, k, v, table, grad_out)
+    cells = []
+    for name, actual, reference in zip(("out", "dq", "dk", "dv", "dtable"), ours, expected):
+        max_abs = (actual.float() - reference).abs().max().item()
+        relative = max_abs / max(reference.abs().max().item(), 1e-12)
+        if not relative <= MAX_RELATIVE_ERROR:  # also catches NaN
+            raise SystemExit(
+                f"bench/kernels/window3d.py: {shape.stage} ({shape.label()}): {name} of window_attention_3d_triton differs "
+                f"from the float32 reference by {relative:.2e} relative (max abs {max_abs:.2e}), above "
+                f"{MAX_RELATIVE_ERROR:.0e}; fix the kernel before timing it"
+            )
+        cells.append(f"{max_abs:.1e} / {relative:.1e}")
+    return f"| {shape.stage} | {shape.label()} | " + " | ".join(cells) + " |"
+
+
+def median_ms(fn: Callable[[], object]) -> float:
+    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def time_methods(shape: WindowShape, inputs: Sequence[torch.Tensor]) -> dict[str, tuple[float, float]]:
+    """Per method: median ms of the forward and of the forward + backward."""
+    q, k, v, table, grad_out = inputs
+    scale = shape.head_dim**-0.5
+    times = {}
+    for name, fn in METHODS.items():
+
+        def forward(fn=fn) -> torch.Tensor:
+            return fn(q, k, v, table, WINDOW, shape.shift, scale)
+
+        with torch.no_grad():
+            forward_ms = median_ms(forward)
+        both_ms = median_ms(lambda forward=forward: torch.autograd.grad(forward(), (q, k, v, table), grad_out))
+        times[name] = (forward_ms, both_ms)
+    return times
+
+
+TIMING_HEADER = (
+    "| stage | B x heads x grid x D | FLOP/byte | bound | eager ms | SDPA ms | ours ms | eager/ours | SDPA/ours "
+    "| ours TB/s (% of 4.8) | ours TFLOP/s (% of 989) |\n|" + "---|" * 11
+)
+CORRECTNESS_HEADER = "| stage | B x heads x grid x D | out | dq | dk | dv | dtable |\n|" + "---|" * 7
+
+
+def bound(intensity: float) -> str:
+    return "compute" if intensity >= RIDGE_FLOPS_PER_BYTE else "memory"
+
+
+def timing_row(shape: WindowShape, times: dict[str, tuple[float, float]], element_size: int, with_backward: bool) -> str:
+    ms = {name: pair[with_backward] for name, pair in times.items()}
+    intensity = shape.intensity(element_size, with_backward)
+    bytes_per_s = shape.bytes(element_size, with_backward) / (ms["ours"] * 1e-3)
+    flops_per_s = shape.flops(with_backward) / (ms["ours"] * 1e-3)
+    return (
+        f"| {shape.stage} | {shape.label()} | {intensity:.0f} | {bound(intensity)} | {ms['eager']:.3f} | {ms['SDPA']:.3f} "
+        f"| {ms['ours']:.3f} | {ms['eager'] / ms['ours']:.2f}x | {ms['SDPA'] / ms['ours']:.2f}x "
+        f"| {bytes_per_s / 1e12:.2f} ({100 * bytes_per_s / H200_HBM_BYTES_PER_S:.0f}%) "
+        f"| {flops_per_s / 1e12:.1f} ({100 * flops_per_s / H200_DENSE_FLOPS:.0f}%) |"
+    )
+
+
+def shape_table(shapes: Sequence[WindowShape], element_size: int) -> str:
+    """Markdown table of the shapes, their work and traffic, and which side of the ridge point they sit."""
+    lines = [
+        "| stage | B x heads x grid x D | windows x tokens | GFLOP fwd | MB fwd | FLOP/byte fwd | bound fwd | FLOP/byte fwd+bwd |",
+        "|" + "---|" * 8,
+    ]
+    for shape in shapes:
+        forward, both = shape.intensity(element_size, False), shape.intensity(element_size, True)
+        lines.append(
+            f"| {shape.stage} | {shape.label()} | {shape.windows} x {shape.tokens_per_window} | {shape.flops(False) / 1e9:.1f} "
+            f"| {shape.bytes(element_size, False) / 1e6:.1f} | {forward:.0f} | {bound(forward)} | {both:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, choices=(1, 2), default=2, help="batch size (default 2)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype of q, k, v (default bf16)")
+    parser.add_argument("--dry-run", action="store_true", help="print the shape table; no GPU, no timing")
+    parser.add_argument("--output", type=Path, help="also write the results as markdown to this new file (e.g. bench/results/...)")
+    args = parser.parse_args(argv)
+    if args.output is not None:
+        if args.dry_run:
+            parser.error("--output records a timed run; drop --dry-run")
+        if args.output.exists():
+            parser.error(f"--output {args.output} already exists; choose a new file name (results are never overwritten)")
+        if not args.output.parent.is_dir():
+            parser.error(f"--output {args.output}: folder {args.output.parent} does not exist; create it first")
+    return args
+
+
+def report_header(args: argparse.Namespace) -> str:
+    return "\n".join(
+        [
+            "# 3D shifted-window attention: fused Triton kernel vs MONAI-style eager and SDPA, Swin UNETR shapes",
+            "",
+            f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+            f"- device: {torch.cuda.get_device_name()}",
+            f"- versions: torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}",
+            f"- command: `{shlex.join(sys.orig_argv)}`",
+            f"- workload: Swin UNETR feature 48 on {INPUT_SIZE}^3, batch {args.batch}, window 7, dtype {args.dtype}; "
+            "q, k, v as views of one qkv projection; float32 bias table",
+            "- times: median of triton.testing.do_bench (L2 flushed); forward under no_grad; "
+            "fwd+bwd = forward + autograd.grad(q, k, v, table)",
+            "- ratios > 1: ours is faster. TB/s and TFLOP/s: ours, minimum traffic and matmul FLOPs, as % of the H200's "
+            f"4.8 TB/s and 989 TFLOP/s; ridge point {RIDGE_FLOPS_PER_BYTE:.0f} FLOP/byte",
+        ]
+    )
+
+
+def run(args: argparse.Namespace, shapes: Sequence[WindowShape]) -> str:
+    """Check and time every shape; the markdown report."""
+    dtype = DTYPES[args.dtype]
+    element_size = torch.empty((), dtype=dtype).element_size()
+    correctness, forward, both = [], [], []
+    torch.manual_seed(0)
+    for shape in shapes:
+        inputs = model_layout_inputs(shape, dtype, "cuda")
+        correctness.append(check_correctness(shape, inputs))
+        times = time_methods(shape, inputs)
+        forward.append(timing_row(shape, times, element_size, with_backward=False))
+        both.append(timing_row(shape, times, element_size, with_backward=True))
+        print(f"errors {correctness[-1]}", f"forward {forward[-1]}", f"fwd+bwd {both[-1]}", sep="\n", flush=True)
+    sections = [
+        report_header(args),
+        "## Forward\n\n" + "\n".join([TIMING_HEADER, *forward]),
+        "## Forward + backward\n\n" + "\n".join([TIMING_HEADER, *both]),
+        f"## Correctness: ours ({args.dtype}) vs the float32 reference, max abs / relative error\n\n"
+        + "\n".join([CORRECTNESS_HEADER, *correctness]),
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    shapes = swin_unetr_shapes(args.batch)
+    if args.dry_run:
+        element_size = torch.empty((), dtype=DTYPES[args.dtype]).element_size()
+        print(f"Swin UNETR window-attention calls ({args.dtype}; ridge point {RIDGE_FLOPS_PER_BYTE:.0f} FLOP/byte):\n")
+        print(shape_table(shapes, element_size))
+        return 0
+    if not torch.cuda.is_available():
+        print(
+            "bench/kernels/window3d.py times CUDA kernels and found no CUDA GPU (torch.cuda.is_available() is False); "
+            "run it on a GPU machine, or use --dry-run for the shape table",
+            file=sys.stderr,
+        )
+        return 2
+    report = run(args, shapes)
+    print("\n" + report)
+    if args.output is not None:
+        write_atomically(args.output, lambda temporary: temporary.write_text(report))
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
