@@ -121,18 +121,17 @@ def shift_mask(
     On each axis of the rolled grid (length L, window w, shift s > 0) the regions are [0, L-w), [L-w, L-s)
     and [L-s, L) (tokens rolled in from the other side); an axis with s = 0 is one region.
     """
-    regions = torch.zeros(tuple(grid), dtype=torch.int64)
+    regions = torch.zeros(tuple(grid), dtype=torch.int64, device=device)
     for axis, (length, window, shift) in enumerate(zip(grid, window_size, shift_size)):
         if shift > 0:
-            axis_regions = torch.zeros(length, dtype=torch.int64)
+            axis_regions = torch.zeros(length, dtype=torch.int64, device=device)
             axis_regions[length - window : length - shift] = 1
             axis_regions[length - shift :] = 2
             shape = [1, 1, 1]
             shape[axis] = length
             regions = regions * 3 + axis_regions.view(shape)
     ids = window_partition(regions[None, None, ..., None], window_size)[0, 0, :, :, 0]  # (windows, N)
-    mask = torch.where(ids[:, :, None] != ids[:, None, :], MASK_VALUE, 0.0)
-    return mask.to(device)
+    return torch.where(ids[:, :, None] != ids[:, None, :], MASK_VALUE, 0.0)
 
 
 def window_partition(x: torch.Tensor, window_size: Sequence[int]) -> torch.Tensor:

@@ -11,7 +11,7 @@ from torch import nn
 
 from medssl_kernels import window_attention as module
 from medssl_kernels import window_attention_3d, window_attention_3d_reference
-from medssl_kernels.window_attention import relative_position_index, window_attention_3d_triton
+from medssl_kernels.window_attention import relative_position_index, shift_mask, window_attention_3d_triton
 
 # (grid, requested window, requested shift): a small anisotropic window, and Swin UNETR's 7^3 window (343
 # tokens, several key blocks) on a grid where MONAI shrinks the shift of the 7-long axes to 0.
@@ -52,6 +52,11 @@ def test_relative_position_index_is_monais() -> None:
 
     attention = WindowAttention(8, 2, (2, 3, 4))
     assert torch.equal(relative_position_index((2, 3, 4)), attention.relative_position_index)
+
+
+@pytest.mark.parametrize("grid, window, shift", [((4, 6, 6), (2, 3, 3), (1, 1, 1)), ((7, 7, 14), (7, 7, 7), (0, 0, 3))])
+def test_shift_mask_is_monais(grid, window, shift) -> None:
+    assert torch.equal(shift_mask(grid, window, shift), compute_mask(list(grid), window, shift, "cpu"))
 
 
 def inputs(grid, window, head_dim, heads=2, batch=1):
