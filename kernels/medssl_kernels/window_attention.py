@@ -40,7 +40,6 @@ except ImportError:  # the [gpu] extra is not installed: only the reference is a
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
 MASK_VALUE = -100.0  # MONAI's (and Swin's) logit offset between tokens of different shift regions
-LOG2_E = 1.4426950408889634
 
 
 def window_attention_3d_reference(
@@ -214,16 +213,16 @@ def window_attention_3d_triton(
     return _WindowAttention3D.apply(q, k, v, relative_position_bias_table, window, shift, float(scale))
 
 
-def _launch(q: torch.Tensor, window: tuple[int, int, int]) -> tuple[tuple[int, int, int], dict[str, int]]:
+def _launch(q: torch.Tensor, window: tuple[int, int, int]) -> tuple[tuple[int, int, int], dict[str, int | float | str]]:
     """Grid (query blocks, windows, B * heads) and the tile sizes: up to 64 queries x 64 keys, the head dim
-    padded to a power of two (at least 16 for tl.dot), the window size as compile-time constants."""
+    padded to a power of two (at least 16 for tl.dot), the window size and mask value as compile-time constants."""
     tokens = window[0] * window[1] * window[2]
     block = min(64, max(16, triton.next_power_of_2(tokens)))
     windows = (q.shape[2] // window[0]) * (q.shape[3] // window[1]) * (q.shape[4] // window[2])
     constants = {
         "WD": window[0], "WH": window[1], "WW": window[2], "HEAD_DIM": q.shape[-1],
         "BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": max(16, triton.next_power_of_2(q.shape[-1])),
-        "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32",
+        "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32", "MASK_VALUE": MASK_VALUE,
     }  # fmt: skip
     return (triton.cdiv(tokens, block), windows, q.shape[0] * q.shape[1]), constants
 
@@ -304,7 +303,7 @@ if triton is not None:
     @triton.jit
     def _logits(
         q, k, Table, stt, sth, h, qd, qh, qw, kd, kh, kw, q_region, k_region, valid, key_valid, scale,
-        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, PRECISION: tl.constexpr,
+        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, PRECISION: tl.constexpr, MASK_VALUE: tl.constexpr,
     ):  # fmt: skip
         """Base-2 logits (BLOCK_M, BLOCK_N): (q k^T * scale + bias + shift mask) * log2(e); -inf for keys off
         ``key_valid`` (BLOCK_N,), the bias read only where ``valid`` (BLOCK_M, BLOCK_N)."""
@@ -312,7 +311,7 @@ if triton is not None:
         index = index + qw[:, None] - kw[None, :] + WW - 1
         bias = tl.load(Table + index * stt + h * sth, mask=valid, other=0.0).to(tl.float32)
         logits = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale + bias
-        logits = tl.where(q_region[:, None] != k_region[None, :], logits - 100.0, logits)
+        logits = tl.where(q_region[:, None] != k_region[None, :], logits + MASK_VALUE, logits)
         return tl.where(key_valid[None, :], logits * 1.4426950408889634, float("-inf"))
 
     @triton.jit
@@ -323,6 +322,7 @@ if triton is not None:
         HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
         WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+        MASK_VALUE: tl.constexpr,
     ):  # fmt: skip
         """One program: BLOCK_M queries of one window of one (batch, head) against the window's keys, online softmax."""
         N: tl.constexpr = WD * WH * WW
@@ -342,7 +342,8 @@ if triton is not None:
             k = _tile(K + b * skb + h * skh, hd, hh, hw, keys < N, dims, skd, sky, skx, skc, HEAD_DIM)
             valid = (rows[:, None] < N) & (keys[None, :] < N)
             logits = _logits(
-                q, k, Table, stt, sth, h, qd, qh, qw, kd, kh, kw, q_region, k_region, valid, keys < N, scale, WD, WH, WW, PRECISION
+                q, k, Table, stt, sth, h, qd, qh, qw, kd, kh, kw, q_region, k_region, valid, keys < N, scale, WD, WH, WW, PRECISION,
+                MASK_VALUE,
             )
             new_max = tl.maximum(row_max, tl.max(logits, 1))
             correction = tl.exp2(row_max - new_max)
@@ -367,6 +368,7 @@ if triton is not None:
         HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
         WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+        MASK_VALUE: tl.constexpr,
     ):  # fmt: skip
         """One program: BLOCK_M queries of one window of one (batch, head). Stores their dQ; adds their share of
         dK, dV (float32) and of the (head, query, key) bias gradient atomically."""
@@ -390,7 +392,8 @@ if triton is not None:
             v = _tile(V + b * svb + h * svh, hd, hh, hw, keys < N, dims, svd, svy, svx, svc, HEAD_DIM)
             valid = (rows[:, None] < N) & (keys[None, :] < N)
             logits = _logits(
-                q, k, Table, stt, sth, h, qd, qh, qw, kd, kh, kw, q_region, k_region, valid, keys < N, scale, WD, WH, WW, PRECISION
+                q, k, Table, stt, sth, h, qd, qh, qw, kd, kh, kw, q_region, k_region, valid, keys < N, scale, WD, WH, WW, PRECISION,
+                MASK_VALUE,
             )
             p = tl.where(valid, tl.exp2(logits - lse[:, None]), 0.0)
             grad_v = tl.dot(tl.trans(p.to(grad_out.dtype)), grad_out, input_precision=PRECISION)
