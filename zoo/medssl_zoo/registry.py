@@ -15,11 +15,12 @@ from torch import nn
 from medssl_zoo.card import ModelCard
 from medssl_zoo.errors import CardError
 from medssl_zoo.mit import create_mit
+from medssl_zoo.swin_unetr import create_swin_unetr
 from medssl_zoo.weights import load_weights_file, resolve_weights
 
 #: Architecture name (a card's ``architecture.name``) -> builder. A builder takes the card's kwargs and
 #: ``spatial_dims`` (the card's input branches, e.g. (2, 3)) and returns an ``nn.Module``.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mit": create_mit}
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mit": create_mit, "swin_unetr": create_swin_unetr}
 
 _USER_CARDS: dict[str, ModelCard] = {}
 
