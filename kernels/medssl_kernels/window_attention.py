@@ -12,9 +12,11 @@ put the windows back and roll by ``+shift``. Three pieces, as in every medssl ke
   cyclic shift included, so nothing is rolled or partitioned in memory), gathers the bias from the table,
   computes the shift mask from the window's position and walks the window's keys in blocks with an online
   softmax (a 7^3 = 343-token window is 6 x 6 blocks of 64). The backward recomputes the probabilities from
-  the saved log-sum-exp; dK, dV and the per-(head, query, key) bias gradient are added atomically in
-  float32 (the order of those additions, hence their last bits, may vary between runs), and the bias
-  gradient is folded into the table's rows by the relative position index;
+  the saved log-sum-exp in three kernels: dQ per query block and dK/dV per key block of a window (plain
+  stores), and the bias gradient per (query block, key block, head), summed in registers over a few
+  (batch, window) pairs and then added atomically in float32 to a (heads, N, N) buffer (the order of those
+  additions, hence its last bits, may vary between runs), which is folded into the table's rows by the
+  relative position index;
 - :func:`window_attention_3d`: what the models call; the shared rule of :mod:`medssl_kernels.dispatch`
   (``MEDSSL_KERNELS``) picks Triton for CUDA tensors and the reference elsewhere and while exporting.
 
@@ -40,6 +42,7 @@ except ImportError:  # the [gpu] extra is not installed: only the reference is a
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
 MASK_VALUE = -100.0  # MONAI's (and Swin's) logit offset between tokens of different shift regions
+PAIRS_PER_PROGRAM = 8  # (batch, window) pairs whose bias gradient one backward program sums before its atomic add
 
 
 def window_attention_3d_reference(
@@ -251,23 +254,30 @@ class _WindowAttention3D(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         q, k, v, table, out, lse = ctx.saved_tensors
+        batch, heads = q.shape[:2]
         delta = (grad_out.float() * out.float()).sum(dim=-1).contiguous()  # (B, heads, D, H, W): rowsum(dO * O)
-        grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        grad_k = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
-        grad_v = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-        tokens = ctx.window[0] * ctx.window[1] * ctx.window[2]
-        grad_bias = torch.zeros((q.shape[1], tokens, tokens), dtype=torch.float32, device=q.device)  # summed over windows
+        grad_q, grad_k, grad_v = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
         grid, constants = _launch(q, ctx.window)
-        _window_backward_kernel[grid](
-            q, k, v, table, grad_out, lse, delta, grad_q, grad_k, grad_v, grad_bias, ctx.scale,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(table), *_strides(grad_out),
-            *_strides(grad_q), *_strides(grad_k), *_strides(grad_v),
-            q.shape[1], *q.shape[2:5], *ctx.shift, **constants,
-        )  # fmt: skip
+        inputs = (q, k, v, table, grad_out, lse, delta)
+        input_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(table), *_strides(grad_out))
+        sizes = (heads, *q.shape[2:5], *ctx.shift)
+        _window_backward_q_kernel[grid](*inputs, grad_q, ctx.scale, *input_strides, *_strides(grad_q), *sizes, **constants)
+        _window_backward_kv_kernel[grid](
+            *inputs, grad_k, grad_v, ctx.scale, *input_strides, *_strides(grad_k), *_strides(grad_v), *sizes, **constants
+        )
+        # The bias gradient sums over every (batch, window) pair; each program sums PAIRS_PER_PROGRAM of them in
+        # registers, so a (head, query, key) entry receives only a few atomic adds.
+        tokens = ctx.window[0] * ctx.window[1] * ctx.window[2]
+        grad_bias = torch.zeros((heads, tokens, tokens), dtype=torch.float32, device=q.device)
+        pairs = batch * grid[1]
+        tiles = grid[0] * triton.cdiv(tokens, constants["BLOCK_N"])
+        _window_backward_bias_kernel[(tiles, heads, triton.cdiv(pairs, PAIRS_PER_PROGRAM))](
+            *inputs, grad_bias, ctx.scale, *input_strides, *sizes, grid[1], pairs, PAIRS_PER_PROGRAM, **constants
+        )
         index = _relative_position_index(ctx.window).to(q.device).view(-1)
         grad_table = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
-        grad_table.index_add_(0, index, grad_bias.view(q.shape[1], -1).t())
-        return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype), grad_table.to(table.dtype), None, None, None
+        grad_table.index_add_(0, index, grad_bias.view(heads, -1).t())
+        return grad_q, grad_k, grad_v, grad_table.to(table.dtype), None, None, None
 
 
 if triton is not None:
@@ -325,7 +335,7 @@ if triton is not None:
         MASK_VALUE: tl.constexpr,
     ):  # fmt: skip
         """One program: BLOCK_M queries of one window of one (batch, head) against the window's keys, online softmax."""
-        N: tl.constexpr = WD * WH * WW
+        N = WD * WH * WW
         b = tl.program_id(2) // HEADS
         h = tl.program_id(2) % HEADS
         window = tl.program_id(1)
@@ -360,53 +370,133 @@ if triton is not None:
         tl.store(Lse + lse_rows, row_max + tl.log2(row_sum), mask=rows < N)
 
     @triton.jit
-    def _window_backward_kernel(
-        Q, K, V, Table, dOut, Lse, Delta, dQ, dK, dV, dBias, scale,
+    def _pair_gradients(
+        Q, K, V, Table, dOut, Lse, Delta, scale,
+        sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
+        sgb, sgh, sgd, sgy, sgx, sgc,
+        b, h, window, rows, keys, dims, HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
+        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
+        MASK_VALUE: tl.constexpr,
+    ):  # fmt: skip
+        """For queries ``rows`` and keys ``keys`` of one window of (batch b, head h): the probabilities P and the
+        logit gradient dS = P * (dO V^T - rowsum(dO * O)), both (BLOCK_M, BLOCK_N) and 0 off the window, recomputed
+        from the saved base-2 log-sum-exp; with the q, k and dO tiles they came from."""
+        N = WD * WH * WW
+        qd, qh, qw, gd, gh, gw, q_region = _locate(rows, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
+        kd, kh, kw, hd, hh, hw, k_region = _locate(keys, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
+        q = _tile(Q + b * sqb + h * sqh, gd, gh, gw, rows < N, dims, sqd, sqy, sqx, sqc, HEAD_DIM)
+        grad_out = _tile(dOut + b * sgb + h * sgh, gd, gh, gw, rows < N, dims, sgd, sgy, sgx, sgc, HEAD_DIM)
+        k = _tile(K + b * skb + h * skh, hd, hh, hw, keys < N, dims, skd, sky, skx, skc, HEAD_DIM)
+        v = _tile(V + b * svb + h * svh, hd, hh, hw, keys < N, dims, svd, svy, svx, svc, HEAD_DIM)
+        row_offsets = (((b * HEADS + h) * D + gd) * H + gh) * W + gw
+        lse = tl.load(Lse + row_offsets, mask=rows < N, other=0.0)
+        delta = tl.load(Delta + row_offsets, mask=rows < N, other=0.0)
+        valid = (rows[:, None] < N) & (keys[None, :] < N)
+        logits = _logits(
+            q, k, Table, stt, sth, h, qd, qh, qw, kd, kh, kw, q_region, k_region, valid, keys < N, scale, WD, WH, WW, PRECISION,
+            MASK_VALUE,
+        )
+        p = tl.where(valid, tl.exp2(logits - lse[:, None]), 0.0)
+        grad_p = tl.dot(grad_out, tl.trans(v), input_precision=PRECISION)
+        return p, p * (grad_p - delta[:, None]), q, k, grad_out
+
+    @triton.jit
+    def _window_backward_q_kernel(
+        Q, K, V, Table, dOut, Lse, Delta, dQ, scale,
         sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
         sgb, sgh, sgd, sgy, sgx, sgc, sdqb, sdqh, sdqd, sdqy, sdqx, sdqc,
-        sdkb, sdkh, sdkd, sdky, sdkx, sdkc, sdvb, sdvh, sdvd, sdvy, sdvx, sdvc,
         HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
         WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
         MASK_VALUE: tl.constexpr,
     ):  # fmt: skip
-        """One program: BLOCK_M queries of one window of one (batch, head). Stores their dQ; adds their share of
-        dK, dV (float32) and of the (head, query, key) bias gradient atomically."""
-        N: tl.constexpr = WD * WH * WW
+        """One program: dQ of BLOCK_M queries of one window of one (batch, head), summed over the window's keys."""
+        N = WD * WH * WW
         b = tl.program_id(2) // HEADS
         h = tl.program_id(2) % HEADS
         window = tl.program_id(1)
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, BLOCK_D)
-        qd, qh, qw, gd, gh, gw, q_region = _locate(rows, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
-        q = _tile(Q + b * sqb + h * sqh, gd, gh, gw, rows < N, dims, sqd, sqy, sqx, sqc, HEAD_DIM)
-        grad_out = _tile(dOut + b * sgb + h * sgh, gd, gh, gw, rows < N, dims, sgd, sgy, sgx, sgc, HEAD_DIM)
-        row_offsets = ((tl.program_id(2) * D + gd) * H + gh) * W + gw
-        lse = tl.load(Lse + row_offsets, mask=rows < N, other=0.0)
-        delta = tl.load(Delta + row_offsets, mask=rows < N, other=0.0)
         grad_q = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for start in range(0, N, BLOCK_N):
-            keys = start + tl.arange(0, BLOCK_N)
-            kd, kh, kw, hd, hh, hw, k_region = _locate(keys, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
-            k = _tile(K + b * skb + h * skh, hd, hh, hw, keys < N, dims, skd, sky, skx, skc, HEAD_DIM)
-            v = _tile(V + b * svb + h * svh, hd, hh, hw, keys < N, dims, svd, svy, svx, svc, HEAD_DIM)
-            valid = (rows[:, None] < N) & (keys[None, :] < N)
-            logits = _logits(
-                q, k, Table, stt, sth, h, qd, qh, qw, kd, kh, kw, q_region, k_region, valid, keys < N, scale, WD, WH, WW, PRECISION,
-                MASK_VALUE,
-            )
-            p = tl.where(valid, tl.exp2(logits - lse[:, None]), 0.0)
-            grad_v = tl.dot(tl.trans(p.to(grad_out.dtype)), grad_out, input_precision=PRECISION)
-            grad_p = tl.dot(grad_out, tl.trans(v), input_precision=PRECISION)
-            grad_logits = p * (grad_p - delta[:, None])  # d loss / d (q k^T * scale + bias)
+            _, grad_logits, _, k, _ = _pair_gradients(
+                Q, K, V, Table, dOut, Lse, Delta, scale,
+                sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
+                sgb, sgh, sgd, sgy, sgx, sgc,
+                b, h, window, rows, start + tl.arange(0, BLOCK_N), dims, HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
+                WD, WH, WW, HEAD_DIM, PRECISION, MASK_VALUE,
+            )  # fmt: skip
             grad_q += tl.dot(grad_logits.to(k.dtype), k, input_precision=PRECISION)
-            grad_k = tl.dot(tl.trans(grad_logits.to(q.dtype)), q, input_precision=PRECISION) * scale
-            key_mask = (keys[:, None] < N) & (dims[None, :] < HEAD_DIM)
-            key_k = b * sdkb + h * sdkh + hd * sdkd + hh * sdky + hw * sdkx
-            tl.atomic_add(dK + key_k[:, None] + dims[None, :] * sdkc, grad_k, mask=key_mask)
-            key_v = b * sdvb + h * sdvh + hd * sdvd + hh * sdvy + hw * sdvx
-            tl.atomic_add(dV + key_v[:, None] + dims[None, :] * sdvc, grad_v, mask=key_mask)
-            tl.atomic_add(dBias + (h * N + rows[:, None]) * N + keys[None, :], grad_logits, mask=valid)
+        _, _, _, gd, gh, gw, _ = _locate(rows, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
         out_rows = b * sdqb + h * sdqh + gd * sdqd + gh * sdqy + gw * sdqx
         out_mask = (rows[:, None] < N) & (dims[None, :] < HEAD_DIM)
         tl.store(dQ + out_rows[:, None] + dims[None, :] * sdqc, (grad_q * scale).to(dQ.dtype.element_ty), mask=out_mask)
+
+    @triton.jit
+    def _window_backward_kv_kernel(
+        Q, K, V, Table, dOut, Lse, Delta, dK, dV, scale,
+        sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
+        sgb, sgh, sgd, sgy, sgx, sgc, sdkb, sdkh, sdkd, sdky, sdkx, sdkc, sdvb, sdvh, sdvd, sdvy, sdvx, sdvc,
+        HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
+        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+        MASK_VALUE: tl.constexpr,
+    ):  # fmt: skip
+        """One program: dK and dV of BLOCK_N keys of one window of one (batch, head), summed over the window's queries."""
+        N = WD * WH * WW
+        b = tl.program_id(2) // HEADS
+        h = tl.program_id(2) % HEADS
+        window = tl.program_id(1)
+        keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        dims = tl.arange(0, BLOCK_D)
+        grad_k = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        grad_v = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        for start in range(0, N, BLOCK_M):
+            p, grad_logits, q, _, grad_out = _pair_gradients(
+                Q, K, V, Table, dOut, Lse, Delta, scale,
+                sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
+                sgb, sgh, sgd, sgy, sgx, sgc,
+                b, h, window, start + tl.arange(0, BLOCK_M), keys, dims, HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
+                WD, WH, WW, HEAD_DIM, PRECISION, MASK_VALUE,
+            )  # fmt: skip
+            grad_v += tl.dot(tl.trans(p.to(grad_out.dtype)), grad_out, input_precision=PRECISION)
+            grad_k += tl.dot(tl.trans(grad_logits.to(q.dtype)), q, input_precision=PRECISION)
+        _, _, _, hd, hh, hw, _ = _locate(keys, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
+        mask = (keys[:, None] < N) & (dims[None, :] < HEAD_DIM)
+        key_k = b * sdkb + h * sdkh + hd * sdkd + hh * sdky + hw * sdkx
+        tl.store(dK + key_k[:, None] + dims[None, :] * sdkc, (grad_k * scale).to(dK.dtype.element_ty), mask=mask)
+        key_v = b * sdvb + h * sdvh + hd * sdvd + hh * sdvy + hw * sdvx
+        tl.store(dV + key_v[:, None] + dims[None, :] * sdvc, grad_v.to(dV.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _window_backward_bias_kernel(
+        Q, K, V, Table, dOut, Lse, Delta, dBias, scale,
+        sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
+        sgb, sgh, sgd, sgy, sgx, sgc,
+        HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W, WINDOWS, PAIRS, PAIRS_PER_PROGRAM,
+        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+        MASK_VALUE: tl.constexpr,
+    ):  # fmt: skip
+        """One program: the logit gradient of a (BLOCK_M queries, BLOCK_N keys) tile of one head, summed in registers
+        over PAIRS_PER_PROGRAM of the PAIRS = B * WINDOWS (batch, window) pairs (program_id(2) picks which), then
+        added atomically to the float32 (heads, N, N) buffer."""
+        N = WD * WH * WW
+        KEY_BLOCKS = (N + BLOCK_N - 1) // BLOCK_N
+        h = tl.program_id(1)
+        rows = (tl.program_id(0) // KEY_BLOCKS) * BLOCK_M + tl.arange(0, BLOCK_M)
+        keys = (tl.program_id(0) % KEY_BLOCKS) * BLOCK_N + tl.arange(0, BLOCK_N)
+        dims = tl.arange(0, BLOCK_D)
+        grad_bias = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+        first = tl.program_id(2) * PAIRS_PER_PROGRAM
+        for pair in range(first, tl.minimum(first + PAIRS_PER_PROGRAM, PAIRS)):
+            _, grad_logits, _, _, _ = _pair_gradients(
+                Q, K, V, Table, dOut, Lse, Delta, scale,
+                sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
+                sgb, sgh, sgd, sgy, sgx, sgc,
+                pair // WINDOWS, h, pair % WINDOWS, rows, keys, dims, HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
+                WD, WH, WW, HEAD_DIM, PRECISION, MASK_VALUE,
+            )  # fmt: skip
+            grad_bias += grad_logits
+        valid = (rows[:, None] < N) & (keys[None, :] < N)
+        tl.atomic_add(dBias + (h * N + rows[:, None]) * N + keys[None, :], grad_bias, mask=valid)
