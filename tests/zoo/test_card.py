@@ -34,7 +34,7 @@ sha256 = "%s"
 
 
 def test_shipped_cards() -> None:
-    assert list_models() == ["phantom-mit-nano", "unimiss-mit22", "unimiss-mit7"]
+    assert list_models() == ["phantom-mit-nano", "swin-unetr-btcv", "swin-unetr-ssl", "unimiss-mit22", "unimiss-mit7"]
     card = get_card("unimiss-mit22")
     assert card.spatial_dims == (2, 3)
     assert card.inputs["3d"].patch_size == (16, 96, 96)
