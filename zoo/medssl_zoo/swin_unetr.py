@@ -328,12 +328,12 @@ class ResidualConvBlock(nn.Module):
         self.conv2 = _ConvHolder(conv(out_channels, out_channels, 3, padding=1, bias=False))
         self.norm1, self.norm2 = norm(out_channels), norm(out_channels)
         self.conv3 = _ConvHolder(conv(in_channels, out_channels, 1, bias=False)) if in_channels != out_channels else None
-        self.norm3 = norm(out_channels) if self.conv3 is not None else None
+        self.norm3 = norm(out_channels)  # used with conv3 only; no parameters, so no state-dict keys
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.leaky_relu(self.norm1(self.conv1(x)), 0.01)
         out = self.norm2(self.conv2(out))
-        shortcut = self.norm3(self.conv3(x)) if self.conv3 is not None and self.norm3 is not None else x
+        shortcut = x if self.conv3 is None else self.norm3(self.conv3(x))
         return F.leaky_relu(out + shortcut, 0.01)
 
 
