@@ -262,7 +262,7 @@ class _WindowAttention3D(torch.autograd.Function):
         input_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(table), *_strides(grad_out))
         sizes = (heads, *q.shape[2:5], *ctx.shift)
         _window_backward_q_kernel[grid](*inputs, grad_q, ctx.scale, *input_strides, *_strides(grad_q), *sizes, **constants)
-        _window_backward_kv_kernel[grid](
+        _window_backward_kv_kernel[grid](  # BLOCK_M == BLOCK_N: as many key blocks as query blocks
             *inputs, grad_k, grad_v, ctx.scale, *input_strides, *_strides(grad_k), *_strides(grad_v), *sizes, **constants
         )
         # The bias gradient sums over every (batch, window) pair; each program sums PAIRS_PER_PROGRAM of them in
