@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from closeness import assert_relative_close
+from sm90 import compile_for_sm90
 
 from medssl_kernels.sra import sra_attention, sra_attention_reference, sra_attention_triton
 
@@ -97,3 +98,14 @@ def test_forced_triton_dispatch_runs_the_kernel_on_cpu_under_the_interpreter(mon
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         sra_attention(q, k, v)
+
+
+def test_kernels_compile_for_sm90_in_bf16() -> None:
+    from medssl_kernels import sra
+
+    constants = dict(HEAD_DIM=48, BLOCK_M=64, BLOCK_N=64, BLOCK_D=64, PRECISION="tf32")
+    types = dict.fromkeys(("Q", "K", "V", "Out", "dOut", "dQ"), "*bf16")
+    types.update(dict.fromkeys(("Lse", "Delta", "dK", "dV"), "*fp32"), qk_scale_log2="fp32", scale="fp32")
+    names = [name for name in dir(sra) if name.startswith("_sra_") and name.endswith("_kernel")]
+    compiled = compile_for_sm90(sra.__name__, {name: (constants, types) for name in names})
+    assert sorted(compiled) == sorted(names) and len(names) == 3 and all(size > 0 for size in compiled.values())

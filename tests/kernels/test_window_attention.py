@@ -3,14 +3,11 @@ on CPU) against the reference, forward and gradients, and the dispatch."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from closeness import assert_relative_close
 from monai.networks.nets.swin_unetr import SwinTransformerBlock, compute_mask, get_window_size
+from sm90 import compile_for_sm90
 from torch import nn
 
 from medssl_kernels import window_attention as module
@@ -186,30 +183,10 @@ def test_export_traces_the_reference_even_when_triton_is_forced(monkeypatch: pyt
     assert_relative_close(exported.module()(q, k, v, table), expected, 1e-6, "exported")
 
 
-# Compiles every kernel for an H100/H200 (sm_90) in bfloat16 without a GPU: the interpreter runs the kernels'
-# Python, not Triton's compiler, so this catches code that only the compiler rejects. It runs in a fresh
-# process because TRITON_INTERPRET=1 (set for this session) replaces @triton.jit functions when Triton loads.
-COMPILE_FOR_SM90 = """
-import inspect, triton
-from triton.backends.compiler import GPUTarget
-from medssl_kernels import window_attention as module
-constants = dict(WD=7, WH=7, WW=7, HEAD_DIM=16, BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, PRECISION="tf32", MASK_VALUE=-100.0)
-pointers = dict.fromkeys(("Q", "K", "V", "Out", "dOut", "dQ", "dK", "dV"), "*bf16")
-pointers.update(dict.fromkeys(("Table", "Lse", "Delta", "dBias"), "*fp32"))
-for kernel in (module._window_forward_kernel, module._window_backward_q_kernel, module._window_backward_kv_kernel,
-               module._window_backward_bias_kernel):
-    names = list(inspect.signature(kernel.fn).parameters)
-    types = {n: "constexpr" if n in constants else pointers.get(n, "fp32" if n == "scale" else "i32") for n in names}
-    source = triton.compiler.ASTSource(kernel, types, {(names.index(n),): v for n, v in constants.items()})
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32))
-    print(kernel.fn.__name__, len(compiled.asm["cubin"]))
-"""
-
-
 def test_kernels_compile_for_sm90_in_bf16() -> None:
-    environment = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
-    result = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], env=environment, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
-    compiled = dict(line.split() for line in result.stdout.splitlines())
-    assert sorted(compiled) == sorted(name for name in dir(module) if name.startswith("_window_") and name.endswith("_kernel"))
-    assert all(int(size) > 0 for size in compiled.values())
+    constants = dict(WD=7, WH=7, WW=7, HEAD_DIM=16, BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, PRECISION="tf32", MASK_VALUE=-100.0)
+    types = dict.fromkeys(("Q", "K", "V", "Out", "dOut", "dQ", "dK", "dV"), "*bf16")
+    types.update(dict.fromkeys(("Table", "Lse", "Delta", "dBias"), "*fp32"), scale="fp32")
+    names = [name for name in dir(module) if name.startswith("_window_") and name.endswith("_kernel")]
+    compiled = compile_for_sm90(module.__name__, {name: (constants, types) for name in names})
+    assert sorted(compiled) == sorted(names) and all(size > 0 for size in compiled.values())
