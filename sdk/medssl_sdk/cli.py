@@ -100,9 +100,12 @@ def _zoo_list(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from medssl_zoo.convert import convert_unimiss
+    from medssl_zoo.convert import convert_swin_ssl, convert_unimiss
 
-    card = convert_unimiss(args.checkpoint, args.output, teacher=args.teacher, overwrite=args.overwrite)
+    if args.format == "unimiss":
+        card = convert_unimiss(args.checkpoint, args.output, teacher=args.teacher, overwrite=args.overwrite)
+    else:
+        card = convert_swin_ssl(args.checkpoint, args.output, overwrite=args.overwrite)
     _say(args, f"wrote {args.output} ({card.name}, {card.weights.note}); weights sha256 {card.weights.sha256}")
 
 
@@ -165,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     unimiss.add_argument("--teacher", action="store_true", help="convert the teacher (default: the student)")
     unimiss.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --output")
     unimiss.set_defaults(run=_convert)
+    swin = formats.add_parser("swin", help="Swin UNETR SSL release model_swinvit.pt (Tang et al., CVPR 2022)")
+    swin.add_argument("checkpoint", type=Path, help="official model_swinvit.pt")
+    swin.add_argument("-o", "--output", type=Path, required=True, help="checkpoint directory to write")
+    swin.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --output")
+    swin.set_defaults(run=_convert)
 
     demo = commands.add_parser("demo", help="segment an unseen synthetic CT phantom with phantom-mit-nano; print Dice")
     demo.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")

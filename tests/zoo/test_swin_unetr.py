@@ -193,3 +193,16 @@ def test_convert_refuses_pickled_objects(tmp_path) -> None:
     torch.save({"state_dict": {}, "hook": itertools.count()}, path)
     with pytest.raises(CheckpointFormatError, match="refused"):
         convert_swin_ssl(path, tmp_path / "out")
+
+
+def test_cli_converts_the_release_and_the_result_embeds_through_the_sdk(tmp_path, ssl_encoder: SwinUNETR, capsys) -> None:
+    from medssl_sdk import load
+    from medssl_sdk.cli import main
+
+    official = tmp_path / "model_swinvit.pt"
+    torch.save({"state_dict": release_layout(ssl_encoder.state_dict())}, official)
+    assert main(["--quiet", "convert", "swin", str(official), "-o", str(tmp_path / "swin")]) == 0
+    assert main(["convert", "swin", str(official), "-o", str(tmp_path / "swin")]) == 1
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    embedding = load(tmp_path / "swin", device="cpu").embed(torch.zeros(32, 32, 64).numpy(), spacing=(2.0, 1.5, 1.5))
+    assert embedding.shape == (ssl_encoder.embedding_dim,)
