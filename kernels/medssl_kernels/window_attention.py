@@ -4,7 +4,9 @@ Shapes: q, k, v (B, heads, D, H, W, head_dim) on the token grid, D/H/W multiples
 position bias table ((2wd-1)(2wh-1)(2ww-1), heads) as in MONAI's ``WindowAttention``. The semantics are MONAI's
 ``SwinTransformerBlock`` attention: roll the grid by ``-shift``, cut it into windows, attend inside each window with
 ``q k^T * scale + bias[relative position] + shift mask`` (-100 between tokens of different shift regions),
-put the windows back and roll by ``+shift``. Three pieces, as in every medssl kernel file:
+put the windows back and roll by ``+shift``. A window MONAI shrank to a small grid reads its bias from the index of
+the module's full window (``index_window``: token t is looked up as token t of that window, MONAI's
+``index[:N, :N]``), and the table then has the full window's rows. Three pieces, as in every medssl kernel file:
 
 - :func:`window_attention_3d_reference`: eager roll + partition + attention + reverse, the ground truth;
 - :func:`window_attention_3d_triton`: fused Triton kernels in an autograd Function. One program takes a block
@@ -53,27 +55,33 @@ def window_attention_3d_reference(
     window_size: Sequence[int],
     shift_size: Sequence[int],
     scale: float,
+    *,
+    index_window: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Eager shifted-window attention, step by step as MONAI's ``SwinTransformerBlock``.
 
     Args:
         q, k, v: (B, heads, D, H, W, head_dim); D, H, W multiples of ``window_size``.
-        relative_position_bias_table: ((2wd-1)(2wh-1)(2ww-1), heads).
+        relative_position_bias_table: ((2id-1)(2ih-1)(2iw-1), heads) for the index window (id, ih, iw).
         window_size: (wd, wh, ww).
         shift_size: (sd, sh, sw), each in [0, window); all 0 = no shift (and no mask).
         scale: logit scale (``head_dim ** -0.5`` in Swin).
+        index_window: the window whose relative position index the bias is read from (default ``window_size``),
+            holding at least N = wd*wh*ww tokens: token t of a window is looked up as token t (flattened) of
+            the index window, i.e. the bias is ``table[relative_position_index(index_window)[:N, :N]]``. This is
+            MONAI's rule for a window shrunk to a small grid (pass the module's full window).
 
     Returns:
         (B, heads, D, H, W, head_dim).
     """
-    window_size, shift_size = _check(q, k, v, relative_position_bias_table, window_size, shift_size)
+    window_size, shift_size, index_window = _check(q, k, v, relative_position_bias_table, window_size, shift_size, index_window)
     grid = q.shape[2:5]
     shifted = any(shift_size)
     if shifted:
         q, k, v = (torch.roll(t, tuple(-s for s in shift_size), dims=(2, 3, 4)) for t in (q, k, v))
     q, k, v = (window_partition(t, window_size) for t in (q, k, v))  # (B, heads, windows, N, head_dim)
     tokens = q.shape[3]
-    bias = relative_position_bias_table[relative_position_index(window_size).to(q.device).view(-1)]
+    bias = relative_position_bias_table[_sliced_index(index_window, tokens).to(q.device).reshape(-1)]
     attn = (q * scale) @ k.transpose(-2, -1) + bias.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(1)
     if shifted:
         attn = attn + shift_mask(grid, window_size, shift_size, q.device)
@@ -90,6 +98,8 @@ def window_attention_3d(
     window_size: Sequence[int],
     shift_size: Sequence[int],
     scale: float,
+    *,
+    index_window: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """Shifted-window attention as the models call it; arguments and result as :func:`window_attention_3d_reference`.
 
@@ -97,8 +107,8 @@ def window_attention_3d(
     """
     args = (q, k, v, relative_position_bias_table, window_size, shift_size, scale)
     if dispatch.use_triton("window attention", _triton_problem(q, k, v, relative_position_bias_table), q.device):
-        return window_attention_3d_triton(*args)
-    return window_attention_3d_reference(*args)
+        return window_attention_3d_triton(*args, index_window=index_window)
+    return window_attention_3d_reference(*args, index_window=index_window)
 
 
 def relative_position_index(window_size: Sequence[int]) -> torch.Tensor:
@@ -113,6 +123,11 @@ def _relative_position_index(window_size: tuple[int, int, int]) -> torch.Tensor:
     coords = torch.stack(torch.meshgrid(*(torch.arange(w) for w in window_size), indexing="ij")).flatten(1)  # (3, N)
     relative = coords[:, :, None] - coords[:, None, :] + torch.tensor([wd - 1, wh - 1, ww - 1]).view(3, 1, 1)
     return (relative[0] * (2 * wh - 1) + relative[1]) * (2 * ww - 1) + relative[2]
+
+
+def _sliced_index(index_window: tuple[int, int, int], tokens: int) -> torch.Tensor:
+    """(tokens, tokens) view of the index window's relative position index: its first ``tokens`` rows and columns."""
+    return _relative_position_index(index_window)[:tokens, :tokens]
 
 
 def shift_mask(
@@ -159,11 +174,17 @@ def _check(
     table: torch.Tensor,
     window_size: Sequence[int],
     shift_size: Sequence[int],
-) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """Validate the arguments (ValueError naming the problem); returns window and shift as int 3-tuples."""
-    if len(tuple(window_size)) != 3 or len(tuple(shift_size)) != 3:
-        raise ValueError(f"window_attention_3d: window_size and shift_size must be 3 ints; got {window_size}, {shift_size}")
+    index_window: Sequence[int] | None,
+) -> tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]]:
+    """Validate the arguments (ValueError naming the problem); returns window, shift and index window as int 3-tuples."""
+    index_window = window_size if index_window is None else index_window
+    if len(tuple(window_size)) != 3 or len(tuple(shift_size)) != 3 or len(tuple(index_window)) != 3:
+        raise ValueError(
+            "window_attention_3d: window_size, shift_size and index_window must be 3 ints; "
+            f"got {window_size}, {shift_size}, {index_window}"
+        )
     window, shift = tuple(int(w) for w in window_size), tuple(int(s) for s in shift_size)
+    indexed = tuple(int(w) for w in index_window)
     if q.ndim != 6 or q.shape != k.shape or q.shape != v.shape:
         raise ValueError(
             f"window_attention_3d: q, k, v must share one (B, heads, D, H, W, head_dim) shape; "
@@ -176,13 +197,17 @@ def _check(
             f"window_attention_3d: the grid {tuple(q.shape[2:5])} must be a multiple of the window {window}; "
             "pad the grid first (as MONAI's SwinTransformerBlock does)"
         )
-    entries = (2 * window[0] - 1) * (2 * window[1] - 1) * (2 * window[2] - 1)
+    if min(indexed) < 1 or indexed[0] * indexed[1] * indexed[2] < window[0] * window[1] * window[2]:
+        raise ValueError(
+            f"window_attention_3d: the index window {indexed} must hold at least as many tokens as the window {window}"
+        )
+    entries = (2 * indexed[0] - 1) * (2 * indexed[1] - 1) * (2 * indexed[2] - 1)
     if table.shape != (entries, q.shape[1]):
         raise ValueError(
-            f"window_attention_3d: the relative position bias table must be ({entries}, {q.shape[1]}) for window "
-            f"{window} and {q.shape[1]} heads; got {tuple(table.shape)}"
+            f"window_attention_3d: the relative position bias table must be ({entries}, {q.shape[1]}) for index window "
+            f"{indexed} and {q.shape[1]} heads; got {tuple(table.shape)}"
         )
-    return window, shift
+    return window, shift, indexed
 
 
 def _triton_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor) -> str | None:
@@ -207,23 +232,29 @@ def window_attention_3d_triton(
     window_size: Sequence[int],
     shift_size: Sequence[int],
     scale: float,
+    *,
+    index_window: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """The fused Triton window attention (forward and backward); arguments and result as the reference."""
-    window, shift = _check(q, k, v, relative_position_bias_table, window_size, shift_size)
+    window, shift, indexed = _check(q, k, v, relative_position_bias_table, window_size, shift_size, index_window)
     problem = _triton_problem(q, k, v, relative_position_bias_table)
     if problem is not None:
         raise ValueError(f"window_attention_3d_triton: {problem}")
-    return _WindowAttention3D.apply(q, k, v, relative_position_bias_table, window, shift, float(scale))
+    return _WindowAttention3D.apply(q, k, v, relative_position_bias_table, window, shift, indexed, float(scale))
 
 
-def _launch(q: torch.Tensor, window: tuple[int, int, int]) -> tuple[tuple[int, int, int], dict[str, int | float | str]]:
+def _launch(
+    q: torch.Tensor, window: tuple[int, int, int], indexed: tuple[int, int, int]
+) -> tuple[tuple[int, int, int], dict[str, int | float | str]]:
     """Grid (query blocks, windows, B * heads) and the tile sizes: up to 64 queries x 64 keys, the head dim
-    padded to a power of two (at least 16 for tl.dot), the window size and mask value as compile-time constants."""
+    padded to a power of two (at least 16 for tl.dot), the window, index window and mask value as compile-time
+    constants."""
     tokens = window[0] * window[1] * window[2]
     block = min(64, max(16, triton.next_power_of_2(tokens)))
     windows = (q.shape[2] // window[0]) * (q.shape[3] // window[1]) * (q.shape[4] // window[2])
     constants = {
-        "WD": window[0], "WH": window[1], "WW": window[2], "HEAD_DIM": q.shape[-1],
+        "WD": window[0], "WH": window[1], "WW": window[2], "ID": indexed[0], "IH": indexed[1], "IW": indexed[2],
+        "HEAD_DIM": q.shape[-1],
         "BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": max(16, triton.next_power_of_2(q.shape[-1])),
         "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32", "MASK_VALUE": MASK_VALUE,
     }  # fmt: skip
@@ -238,17 +269,19 @@ class _WindowAttention3D(torch.autograd.Function):
     """Autograd wrapper: saves q, k, v, the table, the output and the log-sum-exp (base 2) for the backward."""
 
     @staticmethod
-    def forward(ctx, q, k, v, table, window: tuple[int, int, int], shift: tuple[int, int, int], scale: float) -> torch.Tensor:
+    def forward(
+        ctx, q, k, v, table, window: tuple[int, int, int], shift: tuple[int, int, int], indexed: tuple[int, int, int], scale: float
+    ) -> torch.Tensor:
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         lse = torch.empty(q.shape[:5], dtype=torch.float32, device=q.device)
-        grid, constants = _launch(q, window)
+        grid, constants = _launch(q, window, indexed)
         _window_forward_kernel[grid](
             q, k, v, out, table, lse, scale,
             *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(table),
             q.shape[1], *q.shape[2:5], *shift, **constants,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, table, out, lse)
-        ctx.window, ctx.shift, ctx.scale = window, shift, scale
+        ctx.window, ctx.shift, ctx.indexed, ctx.scale = window, shift, indexed, scale
         return out
 
     @staticmethod
@@ -257,7 +290,7 @@ class _WindowAttention3D(torch.autograd.Function):
         batch, heads = q.shape[:2]
         delta = (grad_out.float() * out.float()).sum(dim=-1).contiguous()  # (B, heads, D, H, W): rowsum(dO * O)
         grad_q, grad_k, grad_v = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
-        grid, constants = _launch(q, ctx.window)
+        grid, constants = _launch(q, ctx.window, ctx.indexed)
         inputs = (q, k, v, table, grad_out, lse, delta)
         input_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(table), *_strides(grad_out))
         sizes = (heads, *q.shape[2:5], *ctx.shift)
@@ -274,10 +307,10 @@ class _WindowAttention3D(torch.autograd.Function):
         _window_backward_bias_kernel[(tiles, heads, triton.cdiv(pairs, PAIRS_PER_PROGRAM))](
             *inputs, grad_bias, ctx.scale, *input_strides, *sizes, grid[1], pairs, PAIRS_PER_PROGRAM, **constants
         )
-        index = _relative_position_index(ctx.window).to(q.device).view(-1)
+        index = _sliced_index(ctx.indexed, tokens).to(q.device).reshape(-1)
         grad_table = torch.zeros(table.shape, dtype=torch.float32, device=table.device)
         grad_table.index_add_(0, index, grad_bias.view(heads, -1).t())
-        return grad_q, grad_k, grad_v, grad_table.to(table.dtype), None, None, None
+        return grad_q, grad_k, grad_v, grad_table.to(table.dtype), None, None, None, None
 
 
 if triton is not None:
@@ -285,7 +318,7 @@ if triton is not None:
     @triton.jit
     def _locate(tokens, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr):
         """Tokens (indices in a window, z-y-x order) of window ``window`` (d-h-w order over the rolled grid):
-        their coordinates in the window, their grid coordinates before the roll, and their shift region."""
+        their grid coordinates before the roll and their shift region."""
         windows_h = H // WH
         windows_w = W // WW
         local_d = tokens // (WH * WW)
@@ -294,7 +327,7 @@ if triton is not None:
         grid_d, region_d = _axis(local_d, window // (windows_h * windows_w), SHIFT_D, D, WD)
         grid_h, region_h = _axis(local_h, (window // windows_w) % windows_h, SHIFT_H, H, WH)
         grid_w, region_w = _axis(local_w, window % windows_w, SHIFT_W, W, WW)
-        return local_d, local_h, local_w, grid_d, grid_h, grid_w, (region_d * 3 + region_h) * 3 + region_w
+        return grid_d, grid_h, grid_w, (region_d * 3 + region_h) * 3 + region_w
 
     @triton.jit
     def _axis(local, window_index, shift, length, WINDOW: tl.constexpr):
@@ -312,13 +345,17 @@ if triton is not None:
 
     @triton.jit
     def _logits(
-        q, k, Table, stt, sth, h, qd, qh, qw, kd, kh, kw, q_region, k_region, valid, key_valid, scale,
-        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, PRECISION: tl.constexpr, MASK_VALUE: tl.constexpr,
+        q, k, Table, stt, sth, h, rows, keys, q_region, k_region, valid, key_valid, scale,
+        ID: tl.constexpr, IH: tl.constexpr, IW: tl.constexpr, PRECISION: tl.constexpr, MASK_VALUE: tl.constexpr,
     ):  # fmt: skip
         """Base-2 logits (BLOCK_M, BLOCK_N): (q k^T * scale + bias + shift mask) * log2(e); -inf for keys off
-        ``key_valid`` (BLOCK_N,), the bias read only where ``valid`` (BLOCK_M, BLOCK_N)."""
-        index = ((qd[:, None] - kd[None, :] + WD - 1) * (2 * WH - 1) + qh[:, None] - kh[None, :] + WH - 1) * (2 * WW - 1)
-        index = index + qw[:, None] - kw[None, :] + WW - 1
+        ``key_valid`` (BLOCK_N,), the bias read only where ``valid`` (BLOCK_M, BLOCK_N). The bias of query token
+        ``rows`` and key token ``keys`` is the table row of their relative position as tokens of the index
+        window (ID, IH, IW)."""
+        qd, qh, qw = rows // (IH * IW), (rows // IW) % IH, rows % IW
+        kd, kh, kw = keys // (IH * IW), (keys // IW) % IH, keys % IW
+        index = ((qd[:, None] - kd[None, :] + ID - 1) * (2 * IH - 1) + qh[:, None] - kh[None, :] + IH - 1) * (2 * IW - 1)
+        index = index + qw[:, None] - kw[None, :] + IW - 1
         bias = tl.load(Table + index * stt + h * sth, mask=valid, other=0.0).to(tl.float32)
         logits = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale + bias
         logits = tl.where(q_region[:, None] != k_region[None, :], logits + MASK_VALUE, logits)
@@ -330,8 +367,8 @@ if triton is not None:
         sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc,
         sob, soh, sod, soy, sox, soc, stt, sth,
         HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
-        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, ID: tl.constexpr, IH: tl.constexpr, IW: tl.constexpr,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
         MASK_VALUE: tl.constexpr,
     ):  # fmt: skip
         """One program: BLOCK_M queries of one window of one (batch, head) against the window's keys, online softmax."""
@@ -341,19 +378,18 @@ if triton is not None:
         window = tl.program_id(1)
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, BLOCK_D)
-        qd, qh, qw, gd, gh, gw, q_region = _locate(rows, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
+        gd, gh, gw, q_region = _locate(rows, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
         q = _tile(Q + b * sqb + h * sqh, gd, gh, gw, rows < N, dims, sqd, sqy, sqx, sqc, HEAD_DIM)
         row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
         row_sum = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
         for start in range(0, N, BLOCK_N):
             keys = start + tl.arange(0, BLOCK_N)
-            kd, kh, kw, hd, hh, hw, k_region = _locate(keys, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
+            hd, hh, hw, k_region = _locate(keys, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
             k = _tile(K + b * skb + h * skh, hd, hh, hw, keys < N, dims, skd, sky, skx, skc, HEAD_DIM)
             valid = (rows[:, None] < N) & (keys[None, :] < N)
             logits = _logits(
-                q, k, Table, stt, sth, h, qd, qh, qw, kd, kh, kw, q_region, k_region, valid, keys < N, scale, WD, WH, WW, PRECISION,
-                MASK_VALUE,
+                q, k, Table, stt, sth, h, rows, keys, q_region, k_region, valid, keys < N, scale, ID, IH, IW, PRECISION, MASK_VALUE
             )
             new_max = tl.maximum(row_max, tl.max(logits, 1))
             correction = tl.exp2(row_max - new_max)
@@ -375,15 +411,15 @@ if triton is not None:
         sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
         sgb, sgh, sgd, sgy, sgx, sgc,
         b, h, window, rows, keys, dims, HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
-        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr,
-        MASK_VALUE: tl.constexpr,
+        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, ID: tl.constexpr, IH: tl.constexpr, IW: tl.constexpr,
+        HEAD_DIM: tl.constexpr, PRECISION: tl.constexpr, MASK_VALUE: tl.constexpr,
     ):  # fmt: skip
         """For queries ``rows`` and keys ``keys`` of one window of (batch b, head h): the probabilities P and the
         logit gradient dS = P * (dO V^T - rowsum(dO * O)), both (BLOCK_M, BLOCK_N) and 0 off the window, recomputed
         from the saved base-2 log-sum-exp; with the q, k and dO tiles they came from."""
         N = WD * WH * WW
-        qd, qh, qw, gd, gh, gw, q_region = _locate(rows, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
-        kd, kh, kw, hd, hh, hw, k_region = _locate(keys, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
+        gd, gh, gw, q_region = _locate(rows, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
+        hd, hh, hw, k_region = _locate(keys, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
         q = _tile(Q + b * sqb + h * sqh, gd, gh, gw, rows < N, dims, sqd, sqy, sqx, sqc, HEAD_DIM)
         grad_out = _tile(dOut + b * sgb + h * sgh, gd, gh, gw, rows < N, dims, sgd, sgy, sgx, sgc, HEAD_DIM)
         k = _tile(K + b * skb + h * skh, hd, hh, hw, keys < N, dims, skd, sky, skx, skc, HEAD_DIM)
@@ -393,8 +429,7 @@ if triton is not None:
         delta = tl.load(Delta + row_offsets, mask=rows < N, other=0.0)
         valid = (rows[:, None] < N) & (keys[None, :] < N)
         logits = _logits(
-            q, k, Table, stt, sth, h, qd, qh, qw, kd, kh, kw, q_region, k_region, valid, keys < N, scale, WD, WH, WW, PRECISION,
-            MASK_VALUE,
+            q, k, Table, stt, sth, h, rows, keys, q_region, k_region, valid, keys < N, scale, ID, IH, IW, PRECISION, MASK_VALUE
         )
         p = tl.where(valid, tl.exp2(logits - lse[:, None]), 0.0)
         grad_p = tl.dot(grad_out, tl.trans(v), input_precision=PRECISION)
@@ -406,8 +441,8 @@ if triton is not None:
         sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
         sgb, sgh, sgd, sgy, sgx, sgc, sdqb, sdqh, sdqd, sdqy, sdqx, sdqc,
         HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
-        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, ID: tl.constexpr, IH: tl.constexpr, IW: tl.constexpr,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
         MASK_VALUE: tl.constexpr,
     ):  # fmt: skip
         """One program: dQ of BLOCK_M queries of one window of one (batch, head), summed over the window's keys."""
@@ -424,10 +459,10 @@ if triton is not None:
                 sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
                 sgb, sgh, sgd, sgy, sgx, sgc,
                 b, h, window, rows, start + tl.arange(0, BLOCK_N), dims, HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
-                WD, WH, WW, HEAD_DIM, PRECISION, MASK_VALUE,
+                WD, WH, WW, ID, IH, IW, HEAD_DIM, PRECISION, MASK_VALUE,
             )  # fmt: skip
             grad_q += tl.dot(grad_logits.to(k.dtype), k, input_precision=PRECISION)
-        _, _, _, gd, gh, gw, _ = _locate(rows, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
+        gd, gh, gw, _ = _locate(rows, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
         out_rows = b * sdqb + h * sdqh + gd * sdqd + gh * sdqy + gw * sdqx
         out_mask = (rows[:, None] < N) & (dims[None, :] < HEAD_DIM)
         tl.store(dQ + out_rows[:, None] + dims[None, :] * sdqc, (grad_q * scale).to(dQ.dtype.element_ty), mask=out_mask)
@@ -438,8 +473,8 @@ if triton is not None:
         sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
         sgb, sgh, sgd, sgy, sgx, sgc, sdkb, sdkh, sdkd, sdky, sdkx, sdkc, sdvb, sdvh, sdvd, sdvy, sdvx, sdvc,
         HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
-        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, ID: tl.constexpr, IH: tl.constexpr, IW: tl.constexpr,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
         MASK_VALUE: tl.constexpr,
     ):  # fmt: skip
         """One program: dK and dV of BLOCK_N keys of one window of one (batch, head), summed over the window's queries."""
@@ -457,11 +492,11 @@ if triton is not None:
                 sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
                 sgb, sgh, sgd, sgy, sgx, sgc,
                 b, h, window, start + tl.arange(0, BLOCK_M), keys, dims, HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
-                WD, WH, WW, HEAD_DIM, PRECISION, MASK_VALUE,
+                WD, WH, WW, ID, IH, IW, HEAD_DIM, PRECISION, MASK_VALUE,
             )  # fmt: skip
             grad_v += tl.dot(tl.trans(p.to(grad_out.dtype)), grad_out, input_precision=PRECISION)
             grad_k += tl.dot(tl.trans(grad_logits.to(q.dtype)), q, input_precision=PRECISION)
-        _, _, _, hd, hh, hw, _ = _locate(keys, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
+        hd, hh, hw, _ = _locate(keys, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
         mask = (keys[:, None] < N) & (dims[None, :] < HEAD_DIM)
         key_k = b * sdkb + h * sdkh + hd * sdkd + hh * sdky + hw * sdkx
         tl.store(dK + key_k[:, None] + dims[None, :] * sdkc, (grad_k * scale).to(dK.dtype.element_ty), mask=mask)
@@ -474,8 +509,8 @@ if triton is not None:
         sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
         sgb, sgh, sgd, sgy, sgx, sgc,
         HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W, WINDOWS, PAIRS, PAIRS_PER_PROGRAM,
-        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, HEAD_DIM: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
+        WD: tl.constexpr, WH: tl.constexpr, WW: tl.constexpr, ID: tl.constexpr, IH: tl.constexpr, IW: tl.constexpr,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PRECISION: tl.constexpr,
         MASK_VALUE: tl.constexpr,
     ):  # fmt: skip
         """One program: the logit gradient of a (BLOCK_M queries, BLOCK_N keys) tile of one head, summed in registers
@@ -495,7 +530,7 @@ if triton is not None:
                 sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
                 sgb, sgh, sgd, sgy, sgx, sgc,
                 pair // WINDOWS, h, pair % WINDOWS, rows, keys, dims, HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
-                WD, WH, WW, HEAD_DIM, PRECISION, MASK_VALUE,
+                WD, WH, WW, ID, IH, IW, HEAD_DIM, PRECISION, MASK_VALUE,
             )  # fmt: skip
             grad_bias += grad_logits
         valid = (rows[:, None] < N) & (keys[None, :] < N)

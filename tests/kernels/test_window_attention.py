@@ -14,12 +14,15 @@ from medssl_kernels import window_attention as module
 from medssl_kernels import window_attention_3d, window_attention_3d_reference
 from medssl_kernels.window_attention import relative_position_index, shift_mask, window_attention_3d_triton
 
-# (grid, requested window, requested shift): a small anisotropic window, and Swin UNETR's 7^3 window (343
-# tokens, several key blocks) on a grid where MONAI shrinks the shift of the 7-long axes to 0.
+# (grid, requested window, requested shift): a small anisotropic window, Swin UNETR's 7^3 window (343
+# tokens, several key blocks) on a grid where MONAI shrinks the shift of the 7-long axes to 0, and grids where
+# MONAI shrinks the window itself (to 4^3; to 4x7x7 with only W shifted) and reads the bias from the 7^3 index.
 CASES = {
     "small-shifted": ((4, 6, 6), (2, 3, 3), (1, 1, 1)),
     "small-unshifted": ((4, 6, 6), (2, 3, 3), (0, 0, 0)),
     "343-tokens": ((7, 7, 14), (7, 7, 7), (3, 3, 3)),
+    "shrunk": ((4, 4, 4), (7, 7, 7), (0, 0, 0)),
+    "shrunk-depth": ((4, 7, 14), (7, 7, 7), (3, 3, 3)),
 }
 
 
@@ -44,7 +47,7 @@ def test_reference_matches_monai_swin_block(case: str) -> None:
     expected, q, k, v, table, used_window, used_shift = monai_attention(
         torch.randn(2, *grid, heads * head_dim), heads, window, shift
     )
-    ours = window_attention_3d_reference(q, k, v, table, used_window, used_shift, head_dim**-0.5)
+    ours = window_attention_3d_reference(q, k, v, table, used_window, used_shift, head_dim**-0.5, index_window=window)
     assert_relative_close(ours, expected, 1e-5, f"reference vs MONAI ({case})")
 
 
@@ -61,28 +64,31 @@ def test_shift_mask_is_monais(grid, window, shift) -> None:
 
 
 def inputs(grid, window, head_dim, heads=2, batch=1):
+    """q, k, v, dO (batch, heads, *grid, head_dim) and a bias table for ``window`` (the index window)."""
     q, k, v, grad_out = (torch.randn(batch, heads, *grid, head_dim) for _ in range(4))
     table = torch.randn((2 * window[0] - 1) * (2 * window[1] - 1) * (2 * window[2] - 1), heads)
     return q, k, v, table, grad_out
 
 
-def run_with_grads(fn, q, k, v, table, grad_out, window, shift, scale):
+def run_with_grads(fn, q, k, v, table, grad_out, window, shift, scale, index_window=None):
     leaves = [t.detach().clone().requires_grad_(True) for t in (q, k, v, table)]
-    out = fn(*leaves, window, shift, scale)
+    out = fn(*leaves, window, shift, scale, index_window=index_window)
     out.backward(grad_out)
     return (out.detach(), *(t.grad for t in leaves))
 
 
 @pytest.mark.parametrize(
-    "case, head_dim",
-    [("small-shifted", 16), ("small-unshifted", 32), ("343-tokens", 16)],
+    "case, head_dim, batch",
+    [("small-shifted", 16, 2), ("small-unshifted", 32, 2), ("343-tokens", 16, 1), ("shrunk", 16, 2), ("shrunk-depth", 16, 1)],
 )
-def test_triton_forward_and_gradients_match_the_reference_in_fp32(case: str, head_dim: int) -> None:
-    grid, window, shift = CASES[case]
-    window, shift = get_window_size(grid, window, shift)
-    q, k, v, table, grad_out = inputs(grid, window, head_dim, batch=2 if case != "343-tokens" else 1)
-    ours = run_with_grads(window_attention_3d_triton, q, k, v, table, grad_out, window, shift, head_dim**-0.5)
-    expected = run_with_grads(window_attention_3d_reference, q, k, v, table, grad_out, window, shift, head_dim**-0.5)
+def test_triton_forward_and_gradients_match_the_reference_in_fp32(case: str, head_dim: int, batch: int) -> None:
+    """With MONAI's fitted window and shift, and the requested window as the index window (the table's shape)."""
+    grid, requested, shift = CASES[case]
+    window, shift = get_window_size(grid, requested, shift)
+    q, k, v, table, grad_out = inputs(grid, requested, head_dim, batch=batch)
+    args = (q, k, v, table, grad_out, window, shift, head_dim**-0.5, requested)
+    ours = run_with_grads(window_attention_3d_triton, *args)
+    expected = run_with_grads(window_attention_3d_reference, *args)
     for name, a, e in zip(("out", "dq", "dk", "dv", "dtable"), ours, expected):
         assert_relative_close(a, e, 1e-4, f"{name} ({case}, head dim {head_dim})")
 
@@ -128,6 +134,8 @@ def test_half_precision_against_the_fp32_reference(dtype: torch.dtype, device: s
         ({"table_rows": 10}, "relative position bias table must be"),
         ({"window": (2, 3)}, "must be 3 ints"),
         ({"k_head_dim": 8}, "must share one"),
+        ({"index_window": (1, 3, 3)}, "must hold at least as many tokens"),
+        ({"index_window": (3, 3, 3)}, r"table must be \(125, 2\) for index window \(3, 3, 3\)"),
     ],
 )
 @pytest.mark.parametrize("fn", [window_attention_3d_reference, window_attention_3d_triton])
@@ -137,7 +145,7 @@ def test_bad_inputs_are_named(fn, change: dict, message: str) -> None:
     k = torch.randn(1, 2, *grid, change.get("k_head_dim", 16))
     table = torch.randn(change.get("table_rows", 3 * 5 * 5), 2)
     with pytest.raises(ValueError, match=message):
-        fn(q, k, v, table, window, change.get("shift", (1, 1, 1)), 0.25)
+        fn(q, k, v, table, window, change.get("shift", (1, 1, 1)), 0.25, index_window=change.get("index_window"))
 
 
 def count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
@@ -184,7 +192,8 @@ def test_export_traces_the_reference_even_when_triton_is_forced(monkeypatch: pyt
 
 
 def test_kernels_compile_for_sm90_in_bf16() -> None:
-    constants = dict(WD=7, WH=7, WW=7, HEAD_DIM=16, BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, PRECISION="tf32", MASK_VALUE=-100.0)
+    window = dict(WD=7, WH=7, WW=7, ID=7, IH=7, IW=7)
+    constants = dict(window, HEAD_DIM=16, BLOCK_M=64, BLOCK_N=64, BLOCK_D=16, PRECISION="tf32", MASK_VALUE=-100.0)
     types = dict.fromkeys(("Q", "K", "V", "Out", "dOut", "dQ", "dK", "dV"), "*bf16")
     types.update(dict.fromkeys(("Table", "Lse", "Delta", "dBias"), "*fp32"), scale="fp32")
     names = [name for name in dir(module) if name.startswith("_window_") and name.endswith("_kernel")]
