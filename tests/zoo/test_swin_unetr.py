@@ -87,25 +87,29 @@ def test_legacy_merging_takes_monai_1_4_neighbours() -> None:
         assert torch.equal(merge(x), expected)
 
 
-@pytest.mark.parametrize(
-    "grid, window, shift", [((14, 21, 7), (7, 7, 7), (3, 3, 3)), ((8, 14, 21), (8, 7, 7), (0, 3, 3)), ((14, 28), (7, 7), (3, 3))]
-)
-def test_shift_mask_matches_monai(grid: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...]) -> None:
+@pytest.mark.parametrize("grid, window, shift", [((14, 28), (7, 7), (3, 3)), ((4, 21), (4, 7), (0, 3))])
+def test_2d_shift_mask_matches_monai(grid: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...]) -> None:
     assert torch.equal(shift_mask(grid, window, shift, torch.device("cpu")), compute_mask(list(grid), window, shift, None))
 
 
-def test_3d_full_windows_go_through_the_kernel(monkeypatch: pytest.MonkeyPatch, pair_3d: tuple[torch.nn.Module, SwinUNETR]) -> None:
-    calls = []
+def test_every_3d_attention_goes_through_the_kernel(
+    monkeypatch: pytest.MonkeyPatch, pair_3d: tuple[torch.nn.Module, SwinUNETR]
+) -> None:
+    """Full and shrunk windows alike; a shrunk one reads the bias from the full 7^3 window's index."""
+    calls, eager_calls = [], []
     kernel = swin_unetr.window_attention_3d
 
-    def counting(*args: object) -> torch.Tensor:
-        calls.append(args[4:6])  # window, shift
-        return kernel(*args)
+    def counting(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append((*args[4:6], kwargs["index_window"]))  # window, shift, index window
+        return kernel(*args, **kwargs)
 
     monkeypatch.setattr(swin_unetr, "window_attention_3d", counting)
+    monkeypatch.setattr(swin_unetr, "shifted_window_attention", lambda *args: eager_calls.append(args))
     with torch.no_grad():
-        pair_3d[1].embed(torch.randn(1, 1, 64, 64, 64))  # token grids 32, 16, 8: full windows; 4: shrunk
-    assert calls == [((7, 7, 7), (0, 0, 0)), ((7, 7, 7), (3, 3, 3))] * 3
+        pair_3d[1].embed(torch.randn(1, 1, 64, 64, 64))  # token grids 32, 16, 8: full windows; 4: shrunk, no shift
+    full = [((7, 7, 7), (0, 0, 0), (7, 7, 7)), ((7, 7, 7), (3, 3, 3), (7, 7, 7))]
+    assert calls == full * 3 + [((4, 4, 4), (0, 0, 0), (7, 7, 7))] * 2
+    assert eager_calls == []
 
 
 def test_bad_inputs_and_arguments_are_refused() -> None:

@@ -125,7 +125,8 @@ def shifted_window_attention(
     shift: Sequence[int],
     scale: float,
 ) -> torch.Tensor:
-    """Attention inside (shifted) windows on a padded token grid.
+    """Attention inside (shifted) windows on a padded token grid: the model's eager path for 2D (3D attention
+    goes through :func:`medssl_kernels.window_attention_3d`). Written for any number of axes.
 
     Args:
         q, k, v: ``(B, heads, *grid, head_dim)``, each grid size a multiple of ``window``.
@@ -174,21 +175,24 @@ class WindowAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def sliced_bias(self, tokens: int) -> torch.Tensor:
-        """``(heads, N, N)`` bias for the first ``N`` tokens of the full window's index (MONAI's rule for any window)."""
+        """``(heads, N, N)`` bias for the first ``N`` tokens of the full window's index (MONAI's rule for any window);
+        2D only (the 3D kernel reads the table itself)."""
         index = self.relative_position_index[:tokens, :tokens].reshape(-1)
         return self.relative_position_bias_table[index].reshape(tokens, tokens, -1).permute(2, 0, 1)
 
     def forward(self, x: torch.Tensor, window: tuple[int, ...], shift: tuple[int, ...]) -> torch.Tensor:
         """``(B, *grid, C)`` -> ``(B, *grid, C)``; ``grid`` a multiple of the fitted ``window``.
 
-        3D attention at the full window goes through the :func:`medssl_kernels.window_attention_3d` kernel.
+        3D attention goes through the :func:`medssl_kernels.window_attention_3d` kernel, a shrunk window with the
+        module's full window as the index window (MONAI's sliced bias index); 2D through :func:`shifted_window_attention`.
         """
         batch, *grid, channels = x.shape
         qkv = self.qkv(x).reshape(batch, *grid, 3, self.num_heads, channels // self.num_heads)
         q, k, v = qkv.movedim((-3, -2), (0, 2)).unbind(0)  # each (B, heads, *grid, head_dim)
-        if len(window) == 3 and window == self.window:
-            out = window_attention_3d(q, k, v, self.relative_position_bias_table, window, shift, self.scale)
-        else:  # 2D, or a window shrunk to a small grid (see the module docstring); the kernel's table API cannot say it
+        if len(window) == 3:
+            table = self.relative_position_bias_table
+            out = window_attention_3d(q, k, v, table, window, shift, self.scale, index_window=self.window)
+        else:
             out = shifted_window_attention(q, k, v, self.sliced_bias(math.prod(window)), window, shift, self.scale)
         return self.proj(out.movedim(1, -2).reshape(batch, *grid, channels))
 
