@@ -122,6 +122,8 @@ def test_bad_inputs_and_arguments_are_refused() -> None:
         SwinUNETR(task="segment")
     with pytest.raises(ValueError, match="multiple of 12"):
         SwinUNETR(num_classes=2, feature_size=20)
+    with pytest.raises(ValueError, match="deepest feature map would be one voxel"):
+        model(torch.randn(1, 1, 32, 32, 32))
     with pytest.raises(RuntimeError, match="task='embed'"):
         SwinUNETR(task="embed", feature_size=FEATURES).segment(torch.randn(1, 1, 32, 32, 32))
 

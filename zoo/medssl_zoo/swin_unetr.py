@@ -454,7 +454,12 @@ class SwinUNETR(nn.Module):
         """``(B, C, *S)`` -> logits ``(B, K, *S)``."""
         if self.task != "segment":
             raise RuntimeError("this Swin UNETR was built with task='embed' (encoder only); build it with task='segment'")
-        hidden = self.swinViT(self.check_input(x))
+        if math.prod(self.check_input(x).shape[2:]) == SIZE_MULTIPLE**self.spatial_dims:
+            raise ValueError(
+                f"Swin UNETR cannot segment a {tuple(x.shape[2:])} input: its deepest feature map would be one voxel, "
+                f"which instance norm cannot normalise; use at least {2 * SIZE_MULTIPLE} along one axis (the card's patch size)"
+            )
+        hidden = self.swinViT(x)
         skips = [self.encoder1(x), self.encoder2(hidden[0]), self.encoder3(hidden[1]), self.encoder4(hidden[2])]
         decoded = self.decoder5(self.encoder10(hidden[4]), hidden[3])
         for up, skip in zip((self.decoder4, self.decoder3, self.decoder2, self.decoder1), reversed(skips)):
