@@ -42,7 +42,7 @@ def pair_3d() -> tuple[torch.nn.Module, SwinUNETR]:
 # 96^3: the last stage's 6^3 grid shrinks the window to 6 (MONAI's sliced bias index), other stages pad 48->49 etc.
 # 32x64x96 (non-cubic, smaller than 64x128x160 to fit the shared CPU): stage grids 16x32x48, 8x16x24, 4x8x12,
 # 2x4x6, so stage 3 shrinks on D only and still shifts on H and W, and stage 1 pads 16->21, 32->35, 48->49.
-@pytest.mark.parametrize("size", [(96, 96, 96), (32, 64, 96)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("size", [(96, 96, 96), (32, 64, 96), (64, 128, 160)], ids=lambda s: "x".join(map(str, s)))
 def test_3d_matches_monai(pair_3d: tuple[torch.nn.Module, SwinUNETR], size: tuple[int, ...]) -> None:
     reference, ours = pair_3d
     x = torch.randn(1, 1, *size)
@@ -212,3 +212,22 @@ def test_cli_converts_the_release_and_the_result_embeds_through_the_sdk(tmp_path
     assert "already holds a checkpoint" in capsys.readouterr().err
     embedding = load(tmp_path / "swin", device="cpu").embed(torch.zeros(32, 32, 64).numpy(), spacing=(2.0, 1.5, 1.5))
     assert embedding.shape == (ssl_encoder.embedding_dim,)
+
+
+def test_3d_matches_monai_with_the_triton_window_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every 3D attention through the fused kernel (Triton's interpreter on CPU). Window 4 instead of 7 keeps the
+    interpreter's time in bounds; the kernel's own tests cover 343-token windows. 32x32x64: stage grids 16x16x32
+    (shifted), 8x8x16, 4x4x8 (shrunk on D and H) and 2x2x4."""
+    torch.manual_seed(5)
+    reference = MonaiSwinUNETR(in_channels=1, out_channels=3, feature_size=FEATURES, window_size=4, spatial_dims=3).eval()
+    ours = SwinUNETR(num_classes=3, feature_size=FEATURES, window_size=4).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    kernel_calls = []
+    triton_path = swin_unetr.window_attention_3d
+    monkeypatch.setattr(swin_unetr, "window_attention_3d", lambda *a, **k: kernel_calls.append(1) or triton_path(*a, **k))
+    monkeypatch.setenv("MEDSSL_KERNELS", "triton")
+    x = torch.randn(1, 1, 32, 32, 64)
+    with torch.no_grad():
+        expected, actual = reference(x), ours(x)
+    assert len(kernel_calls) == 8
+    assert (actual - expected).abs().max().item() <= TOLERANCE
