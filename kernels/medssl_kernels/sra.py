@@ -82,6 +82,8 @@ def _triton_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | 
         return f"k and v must be (B, H, Nk, D) matching q (B, H, Nq, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
         return f"q, k, v must share one of float32/float16/bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}"
+    if q.shape[2] == 0 or k.shape[2] == 0:
+        return f"it needs at least one query and one key; got Nq={q.shape[2]}, Nk={k.shape[2]}"
     if q.shape[3] > MAX_HEAD_DIM:
         return f"head dim {q.shape[3]} is above {MAX_HEAD_DIM}"
     if not (q.device == k.device == v.device):
@@ -96,8 +98,6 @@ def sra_attention_triton(
     problem = _triton_problem(q, k, v)
     if problem is not None:
         raise ValueError(f"sra_attention_triton: {problem}")
-    if q.shape[2] == 0 or k.shape[2] == 0:
-        raise ValueError(f"sra_attention_triton needs at least one query and one key; got Nq={q.shape[2]}, Nk={k.shape[2]}")
     return _SRAAttention.apply(q, k, v, q.shape[-1] ** -0.5 if scale is None else float(scale))
 
 
@@ -145,6 +145,7 @@ class _SRAAttention(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels have no double-backward: fail loudly
     def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
         q, k, v, out, lse = ctx.saved_tensors
         batch, heads, num_queries, head_dim = q.shape
@@ -179,7 +180,8 @@ if triton is not None:
     def _tile(base, rows, cols, row_stride, col_stride, row_limit, col_limit):
         """Load a (len(rows), len(cols)) tile, zero outside ``row_limit`` x ``col_limit``."""
         mask = (rows[:, None] < row_limit) & (cols[None, :] < col_limit)
-        return tl.load(base + rows[:, None] * row_stride + cols[None, :] * col_stride, mask=mask, other=0.0)
+        offsets = rows.to(tl.int64)[:, None] * row_stride + cols[None, :] * col_stride  # int64: can pass 2^31
+        return tl.load(base + offsets, mask=mask, other=0.0)
 
     @triton.jit
     def _sra_forward_kernel(
@@ -190,9 +192,9 @@ if triton is not None:
         PRECISION: tl.constexpr,
     ):
         """One program: BLOCK_M queries of one (batch, head) against all keys, online softmax in base 2."""
-        b = tl.program_id(1) // H
-        h = tl.program_id(1) % H
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        b = (tl.program_id(1) // H).to(tl.int64)  # int64 offsets: strides x indices can pass 2^31
+        h = (tl.program_id(1) % H).to(tl.int64)
+        rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
         dims = tl.arange(0, BLOCK_D)
         q = _tile(Q + b * sqb + h * sqh, rows, dims, sqn, sqd, NQ, HEAD_DIM)
         k_base = K + b * skb + h * skh
@@ -235,9 +237,9 @@ if triton is not None:
     ):
         """One program: the dK and dV of BLOCK_N keys of one (batch, head) from QUERIES_PER_PROGRAM queries
         (program_id(1) picks which), added atomically to float32 dK/dV."""
-        b = tl.program_id(2) // H
-        h = tl.program_id(2) % H
-        keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        b = (tl.program_id(2) // H).to(tl.int64)
+        h = (tl.program_id(2) % H).to(tl.int64)
+        keys = (tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
         dims = tl.arange(0, BLOCK_D)
         k = _tile(K + b * skb + h * skh, keys, dims, skn, skd, NK, HEAD_DIM)
         v = _tile(V + b * svb + h * svh, keys, dims, svn, svd, NK, HEAD_DIM)
@@ -270,9 +272,9 @@ if triton is not None:
         PRECISION: tl.constexpr,
     ):
         """One program: dQ of BLOCK_M queries of one (batch, head), summed over all key blocks."""
-        b = tl.program_id(1) // H
-        h = tl.program_id(1) % H
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        b = (tl.program_id(1) // H).to(tl.int64)  # int64 offsets: strides x indices can pass 2^31
+        h = (tl.program_id(1) % H).to(tl.int64)
+        rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
         dims = tl.arange(0, BLOCK_D)
         q = _tile(Q + b * sqb + h * sqh, rows, dims, sqn, sqd, NQ, HEAD_DIM)
         grad_out = _tile(dOut + b * sdob + h * sdoh, rows, dims, sdon, sdod, NQ, HEAD_DIM)

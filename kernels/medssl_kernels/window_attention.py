@@ -285,6 +285,7 @@ class _WindowAttention3D(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # the kernels have no double-backward: fail loudly
     def backward(ctx, grad_out: torch.Tensor):
         q, k, v, table, out, lse = ctx.saved_tensors
         batch, heads = q.shape[:2]
@@ -334,7 +335,7 @@ if triton is not None:
         """One axis: the rolled coordinate's source on the grid, and its shift region (0 when unshifted)."""
         rolled = window_index * WINDOW + local
         region = tl.where(rolled < length - WINDOW, 0, tl.where(rolled < length - shift, 1, 2))
-        return (rolled + shift) % length, tl.where(shift == 0, 0, region)
+        return ((rolled + shift) % length).to(tl.int64), tl.where(shift == 0, 0, region)
 
     @triton.jit
     def _tile(base, grid_d, grid_h, grid_w, valid, dims, s_d, s_h, s_w, s_c, HEAD_DIM: tl.constexpr):
@@ -373,8 +374,8 @@ if triton is not None:
     ):  # fmt: skip
         """One program: BLOCK_M queries of one window of one (batch, head) against the window's keys, online softmax."""
         N = WD * WH * WW
-        b = tl.program_id(2) // HEADS
-        h = tl.program_id(2) % HEADS
+        b = (tl.program_id(2) // HEADS).to(tl.int64)  # int64 offsets: strides x coordinates can pass 2^31
+        h = (tl.program_id(2) % HEADS).to(tl.int64)
         window = tl.program_id(1)
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, BLOCK_D)
@@ -447,8 +448,8 @@ if triton is not None:
     ):  # fmt: skip
         """One program: dQ of BLOCK_M queries of one window of one (batch, head), summed over the window's keys."""
         N = WD * WH * WW
-        b = tl.program_id(2) // HEADS
-        h = tl.program_id(2) % HEADS
+        b = (tl.program_id(2) // HEADS).to(tl.int64)  # int64 offsets: strides x coordinates can pass 2^31
+        h = (tl.program_id(2) % HEADS).to(tl.int64)
         window = tl.program_id(1)
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, BLOCK_D)
@@ -479,8 +480,8 @@ if triton is not None:
     ):  # fmt: skip
         """One program: dK and dV of BLOCK_N keys of one window of one (batch, head), summed over the window's queries."""
         N = WD * WH * WW
-        b = tl.program_id(2) // HEADS
-        h = tl.program_id(2) % HEADS
+        b = (tl.program_id(2) // HEADS).to(tl.int64)  # int64 offsets: strides x coordinates can pass 2^31
+        h = (tl.program_id(2) % HEADS).to(tl.int64)
         window = tl.program_id(1)
         keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, BLOCK_D)
@@ -518,7 +519,7 @@ if triton is not None:
         added atomically to the float32 (heads, N, N) buffer."""
         N = WD * WH * WW
         KEY_BLOCKS = (N + BLOCK_N - 1) // BLOCK_N
-        h = tl.program_id(1)
+        h = tl.program_id(1).to(tl.int64)
         rows = (tl.program_id(0) // KEY_BLOCKS) * BLOCK_M + tl.arange(0, BLOCK_M)
         keys = (tl.program_id(0) % KEY_BLOCKS) * BLOCK_N + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, BLOCK_D)
@@ -529,7 +530,7 @@ if triton is not None:
                 Q, K, V, Table, dOut, Lse, Delta, scale,
                 sqb, sqh, sqd, sqy, sqx, sqc, skb, skh, skd, sky, skx, skc, svb, svh, svd, svy, svx, svc, stt, sth,
                 sgb, sgh, sgd, sgy, sgx, sgc,
-                pair // WINDOWS, h, pair % WINDOWS, rows, keys, dims, HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
+                (pair // WINDOWS).to(tl.int64), h, pair % WINDOWS, rows, keys, dims, HEADS, D, H, W, SHIFT_D, SHIFT_H, SHIFT_W,
                 WD, WH, WW, ID, IH, IW, HEAD_DIM, PRECISION, MASK_VALUE,
             )  # fmt: skip
             grad_bias += grad_logits

@@ -109,3 +109,10 @@ def test_kernels_compile_for_sm90_in_bf16() -> None:
     names = [name for name in dir(sra) if name.startswith("_sra_") and name.endswith("_kernel")]
     compiled = compile_for_sm90(sra.__name__, {name: (constants, types) for name in names})
     assert sorted(compiled) == sorted(names) and len(names) == 3 and all(size > 0 for size in compiled.values())
+
+
+def test_double_backward_is_refused_not_silently_wrong() -> None:
+    q, k, v = (torch.randn(1, 1, 20, 32, requires_grad=True) for _ in range(3))
+    (grad_q,) = torch.autograd.grad(sra_attention_triton(q, k, v).sum(), q, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        grad_q.sum().backward()
