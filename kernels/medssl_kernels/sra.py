@@ -23,15 +23,8 @@ from __future__ import annotations
 import torch
 
 from medssl_kernels import dispatch
+from medssl_kernels.triton_support import attention_problem, dot_precision, output_delta, padded_head_dim, strides, tl, triton
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the [gpu] extra is not installed: only the reference is available
-    triton = None
-
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_HEAD_DIM = 128
 LOG2_E = 1.4426950408889634
 
 
@@ -74,21 +67,13 @@ def use_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 
 def _triton_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
     """Why the Triton path cannot take these tensors, or None."""
-    if triton is None:
-        return "Triton is not installed (pip install 'medssl-sdk[gpu]')"
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         return f"q, k, v must be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         return f"k and v must be (B, H, Nk, D) matching q (B, H, Nq, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES:
-        return f"q, k, v must share one of float32/float16/bfloat16; got {q.dtype}, {k.dtype}, {v.dtype}"
     if q.shape[2] == 0 or k.shape[2] == 0:
         return f"it needs at least one query and one key; got Nq={q.shape[2]}, Nk={k.shape[2]}"
-    if q.shape[3] > MAX_HEAD_DIM:
-        return f"head dim {q.shape[3]} is above {MAX_HEAD_DIM}"
-    if not (q.device == k.device == v.device):
-        return f"q, k, v are on different devices: {q.device}, {k.device}, {v.device}"
-    return None
+    return attention_problem(q, k, v)
 
 
 def sra_attention_triton(
@@ -102,13 +87,8 @@ def sra_attention_triton(
 
 
 def _blocks(head_dim: int) -> dict[str, int]:
-    """Tile sizes: 64 queries x 64 keys, the head dim padded to a power of two (at least 16 for tl.dot)."""
-    return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": max(16, triton.next_power_of_2(head_dim))}
-
-
-def _precision(dtype: torch.dtype) -> str:
-    """float32 inputs are multiplied in full precision (no TF32), so they match the reference to 1e-4."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+    """Tile sizes: 64 queries x 64 keys, the head dim padded (:func:`padded_head_dim`)."""
+    return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": padded_head_dim(head_dim)}
 
 
 def _target_programs(device: torch.device) -> int:
@@ -117,10 +97,6 @@ def _target_programs(device: torch.device) -> int:
     if device.type == "cuda":
         return 4 * torch.cuda.get_device_properties(device).multi_processor_count
     return 64
-
-
-def _strides(t: torch.Tensor) -> tuple[int, int, int, int]:
-    return t.stride(0), t.stride(1), t.stride(2), t.stride(3)
 
 
 class _SRAAttention(torch.autograd.Function):
@@ -136,9 +112,9 @@ class _SRAAttention(torch.autograd.Function):
         grid = (triton.cdiv(num_queries, blocks["BLOCK_M"]), batch * heads)
         _sra_forward_kernel[grid](
             q, k, v, out, lse, scale * LOG2_E,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+            *strides(q), *strides(k), *strides(v), *strides(out),
             heads, num_queries, num_keys,
-            HEAD_DIM=head_dim, PRECISION=_precision(q.dtype), **blocks,
+            HEAD_DIM=head_dim, PRECISION=dot_precision(q.dtype), **blocks,
         )
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.scale = scale
@@ -150,7 +126,7 @@ class _SRAAttention(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         batch, heads, num_queries, head_dim = q.shape
         num_keys = k.shape[2]
-        delta = (grad_out.float() * out.float()).sum(dim=-1)  # (B, H, Nq): rowsum(dO * O)
+        delta = output_delta(grad_out, out)  # (B, H, Nq)
         grad_q = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         # dK/dV are summed over the queries; with Nk << Nq one program per key block would leave most of
         # the GPU idle, so the queries are split over `splits` programs per key block that add their
@@ -158,17 +134,17 @@ class _SRAAttention(torch.autograd.Function):
         grad_k = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
         grad_v = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
         blocks = _blocks(head_dim)
-        common = dict(HEAD_DIM=head_dim, PRECISION=_precision(q.dtype), **blocks)
+        common = dict(HEAD_DIM=head_dim, PRECISION=dot_precision(q.dtype), **blocks)
         key_blocks, query_blocks = triton.cdiv(num_keys, blocks["BLOCK_N"]), triton.cdiv(num_queries, blocks["BLOCK_M"])
         splits = max(1, min(query_blocks, triton.cdiv(_target_programs(q.device), key_blocks * batch * heads)))
         _sra_backward_kv_kernel[(key_blocks, splits, batch * heads)](
             q, k, v, grad_out, lse, delta, grad_k, grad_v, ctx.scale,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(grad_k), *_strides(grad_v),
+            *strides(q), *strides(k), *strides(v), *strides(grad_out), *strides(grad_k), *strides(grad_v),
             heads, num_queries, num_keys, triton.cdiv(query_blocks, splits) * blocks["BLOCK_M"], **common,
         )
         _sra_backward_q_kernel[(triton.cdiv(num_queries, blocks["BLOCK_M"]), batch * heads)](
             q, k, v, grad_out, lse, delta, grad_q, ctx.scale,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(grad_out), *_strides(grad_q),
+            *strides(q), *strides(k), *strides(v), *strides(grad_out), *strides(grad_q),
             heads, num_queries, num_keys, **common,
         )
         return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype), None

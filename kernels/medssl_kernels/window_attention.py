@@ -34,15 +34,8 @@ from functools import lru_cache
 import torch
 
 from medssl_kernels import dispatch
+from medssl_kernels.triton_support import attention_problem, dot_precision, output_delta, padded_head_dim, strides, tl, triton
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the [gpu] extra is not installed: only the reference is available
-    triton = None
-
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_HEAD_DIM = 128
 MASK_VALUE = -100.0  # MONAI's (and Swin's) logit offset between tokens of different shift regions
 PAIRS_PER_PROGRAM = 8  # (batch, window) pairs whose bias gradient one backward program sums before its atomic add
 
@@ -106,7 +99,7 @@ def window_attention_3d(
     Runs :func:`window_attention_3d_triton` when the dispatch rule says so, else the reference.
     """
     args = (q, k, v, relative_position_bias_table, window_size, shift_size, scale)
-    if dispatch.use_triton("window attention", _triton_problem(q, k, v, relative_position_bias_table), q.device):
+    if dispatch.use_triton("window attention", attention_problem(q, k, v, relative_position_bias_table), q.device):
         return window_attention_3d_triton(*args, index_window=index_window)
     return window_attention_3d_reference(*args, index_window=index_window)
 
@@ -210,20 +203,6 @@ def _check(
     return window, shift, indexed
 
 
-def _triton_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, table: torch.Tensor) -> str | None:
-    """Why the Triton path cannot take these tensors (shapes aside: :func:`_check` names those), or None."""
-    if triton is None:
-        return "Triton is not installed (pip install 'medssl-sdk[gpu]')"
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in SUPPORTED_DTYPES or table.dtype not in SUPPORTED_DTYPES:
-        dtypes = ", ".join(str(t.dtype) for t in (q, k, v, table))
-        return f"q, k, v must share one of float32/float16/bfloat16 (and the table be one); got {dtypes}"
-    if q.ndim == 6 and q.shape[-1] > MAX_HEAD_DIM:
-        return f"head dim {q.shape[-1]} is above {MAX_HEAD_DIM}"
-    if not (q.device == k.device == v.device == table.device):
-        return f"q, k, v and the table are on different devices: {q.device}, {k.device}, {v.device}, {table.device}"
-    return None
-
-
 def window_attention_3d_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -237,7 +216,7 @@ def window_attention_3d_triton(
 ) -> torch.Tensor:
     """The fused Triton window attention (forward and backward); arguments and result as the reference."""
     window, shift, indexed = _check(q, k, v, relative_position_bias_table, window_size, shift_size, index_window)
-    problem = _triton_problem(q, k, v, relative_position_bias_table)
+    problem = attention_problem(q, k, v, relative_position_bias_table)
     if problem is not None:
         raise ValueError(f"window_attention_3d_triton: {problem}")
     return _WindowAttention3D.apply(q, k, v, relative_position_bias_table, window, shift, indexed, float(scale))
@@ -255,14 +234,10 @@ def _launch(
     constants = {
         "WD": window[0], "WH": window[1], "WW": window[2], "ID": indexed[0], "IH": indexed[1], "IW": indexed[2],
         "HEAD_DIM": q.shape[-1],
-        "BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": max(16, triton.next_power_of_2(q.shape[-1])),
-        "PRECISION": "ieee" if q.dtype == torch.float32 else "tf32", "MASK_VALUE": MASK_VALUE,
+        "BLOCK_M": block, "BLOCK_N": block, "BLOCK_D": padded_head_dim(q.shape[-1]),
+        "PRECISION": dot_precision(q.dtype), "MASK_VALUE": MASK_VALUE,
     }  # fmt: skip
     return (triton.cdiv(tokens, block), windows, q.shape[0] * q.shape[1]), constants
-
-
-def _strides(t: torch.Tensor) -> tuple[int, ...]:
-    return tuple(t.stride())
 
 
 class _WindowAttention3D(torch.autograd.Function):
@@ -277,7 +252,7 @@ class _WindowAttention3D(torch.autograd.Function):
         grid, constants = _launch(q, window, indexed)
         _window_forward_kernel[grid](
             q, k, v, out, table, lse, scale,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(out), *_strides(table),
+            *strides(q), *strides(k), *strides(v), *strides(out), *strides(table),
             q.shape[1], *q.shape[2:5], *shift, **constants,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, table, out, lse)
@@ -289,15 +264,15 @@ class _WindowAttention3D(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         q, k, v, table, out, lse = ctx.saved_tensors
         batch, heads = q.shape[:2]
-        delta = (grad_out.float() * out.float()).sum(dim=-1).contiguous()  # (B, heads, D, H, W): rowsum(dO * O)
+        delta = output_delta(grad_out, out)  # (B, heads, D, H, W)
         grad_q, grad_k, grad_v = (torch.empty(t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v))
         grid, constants = _launch(q, ctx.window, ctx.indexed)
         inputs = (q, k, v, table, grad_out, lse, delta)
-        input_strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(table), *_strides(grad_out))
+        input_strides = (*strides(q), *strides(k), *strides(v), *strides(table), *strides(grad_out))
         sizes = (heads, *q.shape[2:5], *ctx.shift)
-        _window_backward_q_kernel[grid](*inputs, grad_q, ctx.scale, *input_strides, *_strides(grad_q), *sizes, **constants)
+        _window_backward_q_kernel[grid](*inputs, grad_q, ctx.scale, *input_strides, *strides(grad_q), *sizes, **constants)
         _window_backward_kv_kernel[grid](  # BLOCK_M == BLOCK_N: as many key blocks as query blocks
-            *inputs, grad_k, grad_v, ctx.scale, *input_strides, *_strides(grad_k), *_strides(grad_v), *sizes, **constants
+            *inputs, grad_k, grad_v, ctx.scale, *input_strides, *strides(grad_k), *strides(grad_v), *sizes, **constants
         )
         # The bias gradient sums over every (batch, window) pair; each program sums PAIRS_PER_PROGRAM of them in
         # registers, so a (head, query, key) entry receives only a few atomic adds.
