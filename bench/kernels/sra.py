@@ -23,29 +23,19 @@ given as percentages of an H200 (4.8 TB/s HBM, 989 TFLOP/s dense bf16/fp16).
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
-import shlex
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from unittest import mock
 
+import roofline
 import torch
 import torch.nn.functional as F
-import triton
-import triton.testing
 
 from medssl_kernels.sra import sra_attention_reference, sra_attention_triton
 from medssl_zoo import mit
-from medssl_zoo.files import write_atomically
 
-H200_HBM_BYTES_PER_S = 4.8e12
-H200_DENSE_FLOPS = 989e12  # bf16 and fp16, no sparsity
-RIDGE_FLOPS_PER_BYTE = H200_DENSE_FLOPS / H200_HBM_BYTES_PER_S
-MAX_RELATIVE_ERROR = 2e-2
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 VARIANT = "mit22"
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -175,77 +165,36 @@ def output_and_gradients(fn: Attention, q: torch.Tensor, k: torch.Tensor, v: tor
     return (out.detach(), *torch.autograd.grad(out, (q, k, v), grad_out))
 
 
+NAMES = ("out", "dq", "dk", "dv")
+SHAPE_COLUMN = "B x H x Nq x Nk x D"
+
+
 def check_correctness(shape: AttentionShape, inputs: Sequence[torch.Tensor], scale: float) -> str:
-    """Ours in the inputs' dtype against the float32 reference on the same values; a markdown row of
-    "max abs / relative" errors for out, dq, dk, dv (relative = max abs error / max |reference|)."""
+    """Ours in the inputs' dtype against the float32 reference on the same values (out, dq, dk, dv)."""
     ours = output_and_gradients(sra_attention_triton, *inputs, scale)
     q, k, v, grad_out = (t.detach().float().requires_grad_(t.requires_grad) for t in inputs)
     expected = output_and_gradients(sra_attention_reference, q, k, v, grad_out, scale)
-    cells = []
-    for name, actual, reference in zip(("out", "dq", "dk", "dv"), ours, expected):
-        max_abs = (actual.float() - reference).abs().max().item()
-        relative = max_abs / max(reference.abs().max().item(), 1e-12)
-        if not relative <= MAX_RELATIVE_ERROR:  # also catches NaN
-            raise SystemExit(
-                f"bench/kernels/sra.py: {shape.stage} ({shape.label()}): {name} of sra_attention_triton differs from the "
-                f"float32 reference by {relative:.2e} relative (max abs {max_abs:.2e}), above {MAX_RELATIVE_ERROR:.0e}; "
-                "fix the kernel before timing it"
-            )
-        cells.append(f"{max_abs:.1e} / {relative:.1e}")
-    return f"| {shape.stage} | {shape.label()} | " + " | ".join(cells) + " |"
-
-
-def median_ms(fn: Callable[[], object]) -> float:
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+    return roofline.correctness_row("bench/kernels/sra.py", "sra_attention_triton", shape, NAMES, ours, expected)
 
 
 def time_methods(inputs: Sequence[torch.Tensor], scale: float) -> dict[str, tuple[float, float]]:
     """Per method: median ms of the forward and of the forward + backward."""
     q, k, v, grad_out = inputs
-    times = {}
-    for name, fn in METHODS.items():
-        with torch.no_grad():
-            forward = median_ms(lambda fn=fn: fn(q, k, v, scale))
-        both = median_ms(lambda fn=fn: torch.autograd.grad(fn(q, k, v, scale), (q, k, v), grad_out))
-        times[name] = (forward, both)
-    return times
-
-
-TIMING_HEADER = (
-    "| stage | B x H x Nq x Nk x D | FLOP/byte | bound | eager ms | SDPA ms | ours ms | eager/ours | SDPA/ours "
-    "| ours TB/s (% of 4.8) | ours TFLOP/s (% of 989) |\n|" + "---|" * 11
-)
-CORRECTNESS_HEADER = "| stage | B x H x Nq x Nk x D | out | dq | dk | dv |\n|" + "---|" * 6
-
-
-def bound(intensity: float) -> str:
-    return "compute" if intensity >= RIDGE_FLOPS_PER_BYTE else "memory"
-
-
-def timing_row(shape: AttentionShape, times: dict[str, tuple[float, float]], element_size: int, with_backward: bool) -> str:
-    ms = {name: pair[with_backward] for name, pair in times.items()}
-    intensity = shape.intensity(element_size, with_backward)
-    bytes_per_s = shape.bytes(element_size, with_backward) / (ms["ours"] * 1e-3)
-    flops_per_s = shape.flops(with_backward) / (ms["ours"] * 1e-3)
-    return (
-        f"| {shape.stage} | {shape.label()} | {intensity:.0f} | {bound(intensity)} | {ms['eager']:.3f} | {ms['SDPA']:.3f} "
-        f"| {ms['ours']:.3f} | {ms['eager'] / ms['ours']:.2f}x | {ms['SDPA'] / ms['ours']:.2f}x "
-        f"| {bytes_per_s / 1e12:.2f} ({100 * bytes_per_s / H200_HBM_BYTES_PER_S:.0f}%) "
-        f"| {flops_per_s / 1e12:.1f} ({100 * flops_per_s / H200_DENSE_FLOPS:.0f}%) |"
-    )
+    forwards = {name: (lambda fn=fn: fn(q, k, v, scale)) for name, fn in METHODS.items()}
+    return roofline.time_methods(forwards, (q, k, v), grad_out)
 
 
 def shape_table(shapes: Sequence[AttentionShape], element_size: int) -> str:
     """Markdown table of the shapes, their work and traffic, and which side of the ridge point they sit."""
     lines = [
-        "| stage | B x H x Nq x Nk x D | GFLOP fwd | MB fwd | FLOP/byte fwd | bound fwd | FLOP/byte fwd+bwd | bound fwd+bwd |",
+        f"| stage | {SHAPE_COLUMN} | GFLOP fwd | MB fwd | FLOP/byte fwd | bound fwd | FLOP/byte fwd+bwd | bound fwd+bwd |",
         "|" + "---|" * 8,
     ]
     for shape in shapes:
         forward, both = shape.intensity(element_size, False), shape.intensity(element_size, True)
         lines.append(
             f"| {shape.stage} | {shape.label()} | {shape.flops(False) / 1e9:.1f} | {shape.bytes(element_size, False) / 1e6:.1f} "
-            f"| {forward:.0f} | {bound(forward)} | {both:.0f} | {bound(both)} |"
+            f"| {forward:.0f} | {roofline.bound(forward)} | {both:.0f} | {roofline.bound(both)} |"
         )
     return "\n".join(lines)
 
@@ -253,17 +202,9 @@ def shape_table(shapes: Sequence[AttentionShape], element_size: int) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", choices=("3d", "2d", "all"), default="all", help="which MiT-22 workload (default all)")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16", help="dtype of q, k, v (default bf16)")
-    parser.add_argument("--dry-run", action="store_true", help="print the shape table and check it against MiT; no GPU, no timing")
-    parser.add_argument("--output", type=Path, help="also write the results as markdown to this new file (e.g. bench/results/...)")
+    roofline.add_arguments(parser)
     args = parser.parse_args(argv)
-    if args.output is not None:
-        if args.dry_run:
-            parser.error("--output records a timed run; drop --dry-run")
-        if args.output.exists():
-            parser.error(f"--output {args.output} already exists; choose a new file name (results are never overwritten)")
-        if not args.output.parent.is_dir():
-            parser.error(f"--output {args.output}: folder {args.output.parent} does not exist; create it first")
+    roofline.check_output_argument(parser, args)
     return args
 
 
@@ -285,60 +226,46 @@ def report_header(args: argparse.Namespace) -> str:
     return "\n".join([
         f"# SRA attention: fused Triton kernel vs eager and SDPA, {VARIANT} shapes",
         "",
-        f"- date: {datetime.datetime.now(datetime.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- device: {torch.cuda.get_device_name()}",
-        f"- versions: torch {torch.__version__} (CUDA {torch.version.cuda}), triton {triton.__version__}",
-        f"- command: `{shlex.join(sys.orig_argv)}`",
+        *roofline.environment_lines(),
         f"- workloads: {workloads}; dtype {args.dtype}; q, k, v in MiT's strided layouts",
         "- times: median of triton.testing.do_bench (L2 flushed); forward under no_grad; "
         "fwd+bwd = forward + autograd.grad(q, k, v)",
         "- ratios > 1: ours is faster. TB/s and TFLOP/s: ours, minimum traffic and FlashAttention FLOPs, as % of the H200's "
-        f"4.8 TB/s and 989 TFLOP/s; ridge point {RIDGE_FLOPS_PER_BYTE:.0f} FLOP/byte",
+        f"4.8 TB/s and 989 TFLOP/s; ridge point {roofline.RIDGE_FLOPS_PER_BYTE:.0f} FLOP/byte",
     ])
 
 
 def run(args: argparse.Namespace, shapes: Sequence[AttentionShape]) -> str:
     """Check and time every shape; the markdown report."""
-    dtype = DTYPES[args.dtype]
-    element_size = torch.empty((), dtype=dtype).element_size()
-    correctness, forward, both = [], [], []
+    dtype = roofline.DTYPES[args.dtype]
+    element_size = roofline.element_size(args.dtype)
+    rows = []
     torch.manual_seed(0)
     for shape in shapes:
         inputs = model_layout_inputs(shape, dtype, "cuda")
         scale = shape.head_dim**-0.5
-        correctness.append(check_correctness(shape, inputs, scale))
+        correctness = check_correctness(shape, inputs, scale)  # before timing: a wrong kernel stops the run
         times = time_methods(inputs, scale)
-        forward.append(timing_row(shape, times, element_size, with_backward=False))
-        both.append(timing_row(shape, times, element_size, with_backward=True))
-        print(f"errors (max abs / relative; out, dq, dk, dv) {correctness[-1]}", f"forward {forward[-1]}", f"fwd+bwd {both[-1]}",
-              sep="\n", flush=True)
-    return "\n\n".join([
-        report_header(args),
-        "## Forward\n\n" + "\n".join([TIMING_HEADER, *forward]),
-        "## Forward + backward\n\n" + "\n".join([TIMING_HEADER, *both]),
-        f"## Correctness: ours ({args.dtype}) vs the float32 reference, max abs / relative error\n\n"
-        + "\n".join([CORRECTNESS_HEADER, *correctness]),
-    ]) + "\n"
+        rows.append((
+            correctness,
+            roofline.timing_row(shape, times, element_size, with_backward=False),
+            roofline.timing_row(shape, times, element_size, with_backward=True),
+        ))
+        print("errors (max abs / relative; out, dq, dk, dv) {}\nforward {}\nfwd+bwd {}".format(*rows[-1]), flush=True)
+    return roofline.report(report_header(args), SHAPE_COLUMN, NAMES, args.dtype, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
-        print("bench/kernels/sra.py times CUDA kernels and found no CUDA GPU (torch.cuda.is_available() is False); "
-              "run it on a GPU machine, or use --dry-run for the shape table", file=sys.stderr)
-        return 2
+        return roofline.no_cuda("bench/kernels/sra.py")
     shapes = selected_shapes(args)
     if args.dry_run:
-        element_size = torch.empty((), dtype=DTYPES[args.dtype]).element_size()
         print(f"{VARIANT} SRA calls ({args.dtype}; shapes checked against the model's own calls on the meta device; "
-              f"ridge point {RIDGE_FLOPS_PER_BYTE:.0f} FLOP/byte):\n")
-        print(shape_table(shapes, element_size))
+              f"ridge point {roofline.RIDGE_FLOPS_PER_BYTE:.0f} FLOP/byte):\n")
+        print(shape_table(shapes, roofline.element_size(args.dtype)))
         return 0
-    report = run(args, shapes)
-    print("\n" + report)
-    if args.output is not None:
-        write_atomically(args.output, lambda temporary: temporary.write_text(report))
-        print(f"wrote {args.output}")
+    roofline.publish(run(args, shapes), args.output)
     return 0
 
 
