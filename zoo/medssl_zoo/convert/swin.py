@@ -23,7 +23,6 @@ Architecture sizes (feature size, input channels, depths, heads) are read from t
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -33,6 +32,7 @@ import torch
 
 from medssl_zoo.card import ModelCard, WeightsSpec
 from medssl_zoo.checkpoint import save_checkpoint
+from medssl_zoo.convert.pickles import load_official_pickle
 from medssl_zoo.errors import CheckpointFormatError
 from medssl_zoo.registry import build_model, get_card
 from medssl_zoo.weights import load_state_dict_strict, sha256_of
@@ -65,19 +65,7 @@ def official_swin_key_to_medssl(key: str) -> str:
 
 def read_swin_ssl_state(path: Path) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of an official file, read with the weights-only unpickler."""
-    if not path.is_file():
-        raise CheckpointFormatError(f"{path}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        detail = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")
-        raise CheckpointFormatError(
-            f"{path}: refused: the pickle holds objects other than tensors and plain containers"
-            f"{': ' + detail if detail else ''}. It is not the official model_swinvit.pt or it has been altered; "
-            "it was not executed."
-        ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointFormatError(f"{path}: not a readable torch checkpoint ({error})") from None
+    checkpoint = load_official_pickle(path, "the official model_swinvit.pt")
     state = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__

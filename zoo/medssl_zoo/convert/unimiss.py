@@ -25,7 +25,6 @@ Key mapping (official -> medssl), ``X`` in {2D, 3D} -> ``x`` in {2d, 3d}, ``i`` 
 from __future__ import annotations
 
 import argparse
-import pickle
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -35,6 +34,7 @@ import torch
 
 from medssl_zoo.card import ModelCard, WeightsSpec
 from medssl_zoo.checkpoint import save_checkpoint
+from medssl_zoo.convert.pickles import load_official_pickle
 from medssl_zoo.errors import CheckpointFormatError
 from medssl_zoo.registry import build_model, get_card
 from medssl_zoo.weights import load_state_dict_strict, sha256_of
@@ -78,21 +78,7 @@ def official_key_to_medssl(key: str) -> str:
 
 def read_official_checkpoint(path: Path) -> dict:
     """Load the pickle with the weights-only unpickler, allowing ``argparse.Namespace`` only."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointFormatError(f"{path}: no such checkpoint file")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        detail = next((line.strip() for line in str(error).splitlines() if "Unsupported global" in line), "")
-        raise CheckpointFormatError(
-            f"{path}: refused: the pickle holds objects outside the allow-list (tensors, containers, "
-            f"argparse.Namespace){': ' + detail if detail else ''}. It is not an official UniMiSS "
-            "checkpoint or it has been tampered with; it was not executed."
-        ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointFormatError(f"{path}: not a readable torch checkpoint ({error})") from None
+    checkpoint = load_official_pickle(path, "an official UniMiSS checkpoint", allowed=[argparse.Namespace])
     if not isinstance(checkpoint, dict):
         raise CheckpointFormatError(f"{path}: expected a dict with 'student'/'teacher'; got {type(checkpoint).__name__}")
     return checkpoint
