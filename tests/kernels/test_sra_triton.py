@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from closeness import assert_relative_close
+from closeness import HALF_PRECISION_CASES, assert_relative_close
 from sm90 import compile_for_sm90
 
 from medssl_kernels.sra import sra_attention, sra_attention_reference, sra_attention_triton
@@ -50,19 +50,7 @@ def test_strided_inputs_and_a_given_scale() -> None:
         assert_relative_close(a, e, 1e-4, name)
 
 
-CUDA = torch.cuda.is_available()
-
-
-@pytest.mark.parametrize(
-    "dtype, device",
-    [
-        (torch.float16, "cpu"),
-        # Triton 3.9's interpreter multiplies bfloat16 tiles wrongly in tl.dot (a 16x16 product of bf16
-        # loads is off by ~1e10), so bfloat16 is checked on a GPU only.
-        pytest.param(torch.bfloat16, "cuda", marks=pytest.mark.skipif(not CUDA, reason="bfloat16 needs a CUDA GPU")),
-        pytest.param(torch.float16, "cuda", marks=pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")),
-    ],
-)
+@pytest.mark.parametrize("dtype, device", HALF_PRECISION_CASES)
 def test_half_precision_against_the_fp32_reference(dtype: torch.dtype, device: str) -> None:
     q, k, v = torch.randn(1, 2, 70, 48), torch.randn(1, 2, 19, 48), torch.randn(1, 2, 19, 48)
     grad_out = torch.randn(1, 2, 70, 48)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from closeness import assert_relative_close
+from closeness import HALF_PRECISION_CASES, assert_relative_close
 from monai.networks.nets.swin_unetr import SwinTransformerBlock, compute_mask, get_window_size
 from sm90 import compile_for_sm90
 from torch import nn
@@ -105,18 +105,7 @@ def test_strided_inputs_and_an_odd_head_dim() -> None:
         assert_relative_close(a, e, 1e-4, name)
 
 
-CUDA = torch.cuda.is_available()
-
-
-@pytest.mark.parametrize(
-    "dtype, device",
-    [
-        (torch.float16, "cpu"),
-        # Triton 3.9's interpreter multiplies bfloat16 tiles wrongly in tl.dot, so bfloat16 is checked on a GPU only.
-        pytest.param(torch.bfloat16, "cuda", marks=pytest.mark.skipif(not CUDA, reason="bfloat16 needs a CUDA GPU")),
-        pytest.param(torch.float16, "cuda", marks=pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")),
-    ],
-)
+@pytest.mark.parametrize("dtype, device", HALF_PRECISION_CASES)
 def test_half_precision_against_the_fp32_reference(dtype: torch.dtype, device: str) -> None:
     q, k, v, table, grad_out = inputs((4, 6, 6), (2, 3, 3), 16)
     half = [t.to(device, dtype) for t in (q, k, v, table, grad_out)]
