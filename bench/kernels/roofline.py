@@ -128,6 +128,30 @@ def timing_row(shape: KernelShape, times: Mapping[str, tuple[float, float]], ele
     )
 
 
+def shape_table(
+    shapes: Sequence[KernelShape],
+    element_size: int,
+    shape_column: str,
+    extra: tuple[str, Callable[[KernelShape], str]] | None = None,
+) -> str:
+    """Markdown table of the shapes, their work and traffic, and which side of the ridge point they sit;
+    ``extra`` is an optional (header, cell) column after the shape."""
+    extra_header = f" {extra[0]} |" if extra else ""
+    lines = [
+        f"| stage | {shape_column} |{extra_header} GFLOP fwd | MB fwd | FLOP/byte fwd | bound fwd | FLOP/byte fwd+bwd "
+        "| bound fwd+bwd |",
+        "|" + "---|" * (8 + bool(extra)),
+    ]
+    for shape in shapes:
+        forward, both = shape.intensity(element_size, False), shape.intensity(element_size, True)
+        extra_cell = f" {extra[1](shape)} |" if extra else ""
+        lines.append(
+            f"| {shape.stage} | {shape.label()} |{extra_cell} {shape.flops(False) / 1e9:.1f} "
+            f"| {shape.bytes(element_size, False) / 1e6:.1f} | {forward:.0f} | {bound(forward)} | {both:.0f} | {bound(both)} |"
+        )
+    return "\n".join(lines)
+
+
 def environment_lines() -> list[str]:
     """The report lines that say when, on what and how a run was made."""
     return [

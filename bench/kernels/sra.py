@@ -184,21 +184,6 @@ def time_methods(inputs: Sequence[torch.Tensor], scale: float) -> dict[str, tupl
     return roofline.time_methods(forwards, (q, k, v), grad_out)
 
 
-def shape_table(shapes: Sequence[AttentionShape], element_size: int) -> str:
-    """Markdown table of the shapes, their work and traffic, and which side of the ridge point they sit."""
-    lines = [
-        f"| stage | {SHAPE_COLUMN} | GFLOP fwd | MB fwd | FLOP/byte fwd | bound fwd | FLOP/byte fwd+bwd | bound fwd+bwd |",
-        "|" + "---|" * 8,
-    ]
-    for shape in shapes:
-        forward, both = shape.intensity(element_size, False), shape.intensity(element_size, True)
-        lines.append(
-            f"| {shape.stage} | {shape.label()} | {shape.flops(False) / 1e9:.1f} | {shape.bytes(element_size, False) / 1e6:.1f} "
-            f"| {forward:.0f} | {roofline.bound(forward)} | {both:.0f} | {roofline.bound(both)} |"
-        )
-    return "\n".join(lines)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", choices=("3d", "2d", "all"), default="all", help="which MiT-22 workload (default all)")
@@ -263,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(f"{VARIANT} SRA calls ({args.dtype}; shapes checked against the model's own calls on the meta device; "
               f"ridge point {roofline.RIDGE_FLOPS_PER_BYTE:.0f} FLOP/byte):\n")
-        print(shape_table(shapes, roofline.element_size(args.dtype)))
+        print(roofline.shape_table(shapes, roofline.element_size(args.dtype), SHAPE_COLUMN))
         return 0
     roofline.publish(run(args, shapes), args.output)
     return 0

@@ -161,21 +161,6 @@ def time_methods(shape: WindowShape, inputs: Sequence[torch.Tensor]) -> dict[str
     return roofline.time_methods(forwards, (q, k, v, table), grad_out)
 
 
-def shape_table(shapes: Sequence[WindowShape], element_size: int) -> str:
-    """Markdown table of the shapes, their work and traffic, and which side of the ridge point they sit."""
-    lines = [
-        f"| stage | {SHAPE_COLUMN} | windows x tokens | GFLOP fwd | MB fwd | FLOP/byte fwd | bound fwd | FLOP/byte fwd+bwd |",
-        "|" + "---|" * 8,
-    ]
-    for shape in shapes:
-        forward, both = shape.intensity(element_size, False), shape.intensity(element_size, True)
-        lines.append(
-            f"| {shape.stage} | {shape.label()} | {shape.windows} x {shape.tokens_per_window} | {shape.flops(False) / 1e9:.1f} "
-            f"| {shape.bytes(element_size, False) / 1e6:.1f} | {forward:.0f} | {roofline.bound(forward)} | {both:.0f} |"
-        )
-    return "\n".join(lines)
-
-
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, choices=(1, 2), default=2, help="batch size (default 2)")
@@ -225,7 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     shapes = swin_unetr_shapes(args.batch)
     if args.dry_run:
         print(f"Swin UNETR window-attention calls ({args.dtype}; ridge point {roofline.RIDGE_FLOPS_PER_BYTE:.0f} FLOP/byte):\n")
-        print(shape_table(shapes, roofline.element_size(args.dtype)))
+        windows = ("windows x tokens", lambda shape: f"{shape.windows} x {shape.tokens_per_window}")
+        print(roofline.shape_table(shapes, roofline.element_size(args.dtype), SHAPE_COLUMN, windows))
         return 0
     if not torch.cuda.is_available():
         return roofline.no_cuda("bench/kernels/window3d.py")
