@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from medssl_sdk.io import write_nifti
 from medssl_sdk.volume import Volume
 from medssl_zoo.card import ModelCard
+
+if TYPE_CHECKING:
+    import highdicom
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,32 @@ class Segmentation:
         Refuses an existing file unless ``overwrite``. Returns the path written.
         """
         return write_nifti(self.labels, path, overwrite=overwrite)
+
+    def to_dicom_seg(
+        self,
+        source: str | Path | Sequence[Dataset],
+        *,
+        series_number: int | None = None,
+        series_description: str | None = None,
+        sop_instance_uid: str | None = None,
+        series_instance_uid: str | None = None,
+    ) -> highdicom.seg.Segmentation:
+        """This label map as a DICOM SEG (a pydicom Dataset) referencing the images of ``source``.
+
+        ``source``: the DICOM series folder (or image file) that was segmented, or its pydicom Datasets.
+        See ``medssl_sdk.dicom_seg.to_dicom_seg`` (needs the ``dicom`` extra: highdicom);
+        ``medssl_sdk.dicom_seg.write_dicom_seg`` writes it to a file.
+        """
+        from medssl_sdk.dicom_seg import to_dicom_seg
+
+        return to_dicom_seg(
+            self,
+            source,
+            series_number=series_number,
+            series_description=series_description,
+            sop_instance_uid=sop_instance_uid,
+            series_instance_uid=series_instance_uid,
+        )
 
     def __repr__(self) -> str:
         present = [self.classes[i] for i in np.unique(self.labels.array) if 0 < i < len(self.classes)]
