@@ -4,6 +4,7 @@
     medssl classify xray.png -m MODEL
     medssl embed ct.nii.gz -m unimiss-mit7 -o ct_embedding.npy
     medssl zoo list | convert unimiss CKPT -o DIR | demo
+    medssl serve-dicom -c node.toml      # DICOM node: receive studies, send DICOM SEG (docs/deployment.md)
 
 Exit code 0 only on success. Errors print one readable line and exit 1 (argparse usage errors exit 2);
 ``--debug`` shows the traceback instead. Outputs are written atomically: a failed run leaves nothing
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medssl_sdk.dicom_node.cli import add_serve_dicom_parser
 from medssl_sdk.io import check_output_path
 from medssl_sdk.loading import load
 from medssl_sdk.model import Model, as_volume
@@ -179,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", type=Path, default=Path("medssl-demo"), help="folder for its files (default ./medssl-demo)")
     demo.add_argument("--seed", type=int, default=None, help="phantom seed (default: the demo's fixed unseen phantom)")
     demo.set_defaults(run=_demo)
+
+    add_serve_dicom_parser(commands)
     return parser
 
 
