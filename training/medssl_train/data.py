@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from medssl_sdk.preprocess import prepare, reorient, resample
 from medssl_sdk.samples import PHANTOM_LABELS, make_phantom
 from medssl_sdk.volume import Volume
+from medssl_train.augment import pad_to_size
 from medssl_zoo.card import InputSpec
 
 #: Per-axis factor range applied to the card's spacing when drawing a training phantom.
@@ -68,13 +68,15 @@ def jittered_grid(seed: int, spacing: Sequence[float]) -> tuple[tuple[int, ...],
 def prepare_phantoms(seeds: Iterable[int], spec: InputSpec, jitter: bool = True) -> list[PreparedCase]:
     """Phantoms of ``seeds`` pre-processed for the 3D input ``spec``: on a :func:`jittered_grid` each, or, without
     ``jitter``, at the default phantom shape drawn at ``spec.spacing``."""
+    return [phantom_case(seed, spec, jitter) for seed in seeds]
+
+
+def phantom_case(seed: int, spec: InputSpec, jitter: bool = True) -> PreparedCase:
+    """The phantom of ``seed`` pre-processed for the 3D input ``spec`` (see :func:`prepare_phantoms`)."""
     if spec.spacing is None or len(spec.spacing) != 3:
         raise ValueError(f"phantom training needs a 3D input spec with a spacing; got spacing {spec.spacing}")
-    cases = []
-    for seed in seeds:
-        shape, spacing = jittered_grid(seed, spec.spacing) if jitter else ((64, 128, 128), spec.spacing)
-        cases.append(prepare_case(*make_phantom(seed, shape, spacing), spec))
-    return cases
+    shape, spacing = jittered_grid(seed, spec.spacing) if jitter else ((64, 128, 128), spec.spacing)
+    return prepare_case(*make_phantom(seed, shape, spacing), spec)
 
 
 class PatchSampler:
@@ -143,11 +145,10 @@ def _pad_to(case: PreparedCase, patch_size: tuple[int, ...]) -> PreparedCase:
     size = case.labels.shape
     if len(size) != len(patch_size):
         raise ValueError(f"{case.name}: patch size {patch_size} does not match the case's {len(size)} spatial axes {tuple(size)}")
-    widths = [w for s, p in zip(reversed(size), reversed(patch_size)) for w in (0, max(p - s, 0))]
-    if not any(widths):
+    if all(s >= p for s, p in zip(size, patch_size)):
         return case
-    image = F.pad(case.image, widths, value=float(case.image.min()))
-    labels = F.pad(case.labels, widths, value=0)
+    image = pad_to_size(case.image, patch_size, float(case.image.min()))
+    labels = pad_to_size(case.labels[None], patch_size, 0)[0]
     return PreparedCase(image, labels, case.name)
 
 
