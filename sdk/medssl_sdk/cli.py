@@ -1,6 +1,7 @@
 """The ``medssl`` command line.
 
     medssl segment ct_dir/ -m phantom-mit-nano -o ct_seg.nii.gz [--overlay ct_seg.png]
+    medssl segment ct_dir/ -m phantom-mit-nano -o ct_seg.dcm --format dicom-seg
     medssl classify xray.png -m MODEL
     medssl embed ct.nii.gz -m unimiss-mit7 -o ct_embedding.npy
     medssl zoo list | convert unimiss CKPT -o DIR | demo
@@ -23,12 +24,17 @@ from pathlib import Path
 import numpy as np
 
 from medssl_sdk.dicom_node.cli import add_serve_dicom_parser
+from medssl_sdk.dicom_seg import write_dicom_seg
 from medssl_sdk.io import check_output_path
+from medssl_sdk.io.dicom_files import looks_like_dicom
 from medssl_sdk.loading import load
 from medssl_sdk.model import Model, as_volume
 from medssl_sdk.overlay import render_overlay
 from medssl_zoo import MedsslError, get_card, list_models
 from medssl_zoo.files import write_atomically
+
+#: ``medssl segment --format``: the file endings each output format accepts.
+SEGMENT_FORMATS = {"nifti": (".nii.gz", ".nii"), "dicom-seg": (".dcm",)}
 
 
 def _say(args: argparse.Namespace, *message: object) -> None:
@@ -46,7 +52,14 @@ def _check_output(path: Path, args: argparse.Namespace, suffixes: tuple[str, ...
 
 
 def _segment(args: argparse.Namespace) -> None:
-    output = _check_output(args.output, args, (".nii.gz", ".nii"))
+    if args.format == "nifti" and args.output.name.lower().endswith(".dcm"):
+        raise ValueError(f"{args.output}: a .dcm output needs --format dicom-seg (the default format writes NIfTI)")
+    output = _check_output(args.output, args, SEGMENT_FORMATS[args.format])
+    if args.format == "dicom-seg" and not (args.input.is_dir() or looks_like_dicom(args.input)):
+        raise ValueError(
+            f"{args.input}: --format dicom-seg needs the DICOM images that are segmented (a series folder or a DICOM file), "
+            "since the SEG references them; write NIfTI (--format nifti) for other inputs"
+        )
     if args.overlay is not None:
         _check_output(args.overlay, args, (".png",))
     volume = as_volume(args.input, series_uid=args.series, progress=not args.quiet)
@@ -61,7 +74,10 @@ def _segment(args: argparse.Namespace) -> None:
         low_memory=args.low_memory,
         progress=not args.quiet,
     )
-    segmentation.save(output, overwrite=args.overwrite)
+    if args.format == "dicom-seg":
+        write_dicom_seg(segmentation, args.input, output, overwrite=args.overwrite)
+    else:
+        segmentation.save(output, overwrite=args.overwrite)
     if args.overlay is not None:
         try:
             render_overlay(volume, segmentation.labels, args.overlay, overwrite=args.overwrite)
@@ -135,9 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="print only errors and results (no progress bars)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    segment = commands.add_parser("segment", help="segment an image; writes a NIfTI label map on the input's grid")
+    segment = commands.add_parser("segment", help="segment an image; writes a NIfTI label map or DICOM SEG on the input's grid")
     _add_inference_arguments(segment)
-    segment.add_argument("-o", "--output", type=Path, required=True, help="label map to write (.nii.gz or .nii)")
+    segment.add_argument(
+        "-o", "--output", type=Path, required=True, help="label map to write (.nii.gz or .nii; .dcm with --format dicom-seg)"
+    )
+    segment.add_argument(
+        "--format", choices=tuple(SEGMENT_FORMATS), default="nifti",
+        help="nifti (default) or dicom-seg: a DICOM SEG referencing the input DICOM series (see docs/dicom.md)",
+    )
     segment.add_argument("--overlay", type=Path, default=None, help="also write a PNG overlay (3D inputs)")
     segment.add_argument("--overlap", type=float, default=0.25, help="sliding-window overlap in [0, 1) (default 0.25)")
     segment.add_argument("--sw-batch-size", type=int, default=4, help="windows per network call (default 4)")
