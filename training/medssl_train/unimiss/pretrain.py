@@ -108,14 +108,17 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class PretrainResult:
-    """What a run left: the exported teacher's card (sha256 pinned), the output directory, the steps run in this
-    call, the mean loss of the last logged window, and the wall-clock seconds."""
+    """What a run left: the exported teacher's card (sha256 pinned; the input card if the run stopped early), the
+    output directory, the steps run in this call, the mean loss of the last logged window, the wall-clock
+    seconds, and the trained networks (on this rank; identical on every rank)."""
 
     card: ModelCard
     directory: Path
     steps_run: int
     final_loss: float
     seconds: float
+    student: SSLNetwork
+    teacher: SSLNetwork
 
 
 def is_3d_parameter(name: str) -> bool:
@@ -317,7 +320,7 @@ def pretrain_unimiss(
     if end == config.steps:
         exported = _export_teacher(card, teacher, output, context, config, end)
     barrier(context)
-    return PretrainResult(exported, output, end - start, last_loss, time.perf_counter() - began)
+    return PretrainResult(exported, output, end - start, last_loss, time.perf_counter() - began, student, teacher)
 
 
 def _save_state(output: Path, context: DistributedContext, step: int, student: nn.Module, teacher: nn.Module,

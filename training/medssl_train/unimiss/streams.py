@@ -6,9 +6,10 @@ returns). :class:`ViewStream` walks the data set epoch after epoch in the order 
 ``(2B, C, *crop)``: the B first views, then the B second views.
 
 Resuming needs no stored random state: the position is (epoch, batch), and every item is drawn with the
-global RNGs (torch, numpy, random, and the transform's own if it has ``set_random_state``, as MONAI's do) seeded
-from (seed, domain, epoch, index), so an item is the same whichever worker loads it, and whether the run was
-interrupted or not.
+global RNGs (torch, numpy, random, and the transform's own if it has ``set_random_state``, as
+``augment.SSLViews`` does) seeded from (seed, domain, epoch, index), so an item is the same whichever worker
+loads it, and whether the run was interrupted or not. A data set with ``set_epoch`` (``medssl_train.datasets``)
+is told the epoch before it is read, so one built with its own ``seed`` uses its per-item seeds instead.
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ class ViewStream:
 
     def _open_epoch(self) -> Iterator[object]:
         self.sampler.set_epoch(self.epoch)
+        if hasattr(self.items.dataset, "set_epoch"):  # medssl_train.datasets: per-item seeds of this epoch
+            self.items.dataset.set_epoch(self.epoch)
         batches = _EpochBatches(list(self.sampler), self.epoch, self.batch_size, self.batch)
         return iter(DataLoader(self.items, batch_sampler=batches, num_workers=self.num_workers))
 
