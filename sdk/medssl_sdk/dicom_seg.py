@@ -112,7 +112,7 @@ def to_dicom_seg(
     number = series_number if series_number is not None else _default_series_number(first)
     description = series_description if series_description is not None else f"{segmentation.card.name} segmentation"
     software = version("medssl-sdk")
-    return hd.seg.Segmentation(
+    dataset = hd.seg.Segmentation(
         source_images=frames,
         pixel_array=segment_numbers,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -130,6 +130,9 @@ def to_dicom_seg(
         content_description=f"{segmentation.card.name} label map"[:LONG_STRING_LIMIT],
         omit_empty_frames=bool(segment_numbers.any()),  # a SEG needs a frame: no foreground keeps them all
     )
+    if "PlaneOrientationSequence" not in dataset.SharedFunctionalGroupsSequence[0]:
+        _describe_unplaced_image(dataset, first)
+    return dataset
 
 
 def write_dicom_seg(
@@ -295,6 +298,21 @@ def _corners_lps_of_slice(affine_lps: np.ndarray, index: int, size: tuple[int, i
     rows, columns = size
     corners = np.array([[index, row, column, 1.0] for row in (0, rows - 1) for column in (0, columns - 1)])
     return (corners @ affine_lps.T)[:, :3]
+
+
+def _describe_unplaced_image(dataset: Dataset, source: Dataset) -> None:
+    """Fix up highdicom's SEG of an image without patient-space geometry (a radiograph) in place.
+
+    Such an image is oriented by PatientOrientation, which the SEG then needs (copied from the source, empty
+    when it has none). highdicom writes a Pixel Measures item with PixelSpacing but no SliceThickness for it,
+    which highdicom itself cannot read back; it is dropped (the frames coincide with the referenced image's
+    pixels, whose spacing the source holds).
+    """
+    dataset.PatientOrientation = source.get("PatientOrientation", "")
+    shared = dataset.SharedFunctionalGroupsSequence[0]
+    measures = shared.get("PixelMeasuresSequence")
+    if measures is not None and "SliceThickness" not in measures[0]:
+        del shared.PixelMeasuresSequence
 
 
 def _segment_numbers(segmentation: Segmentation) -> np.ndarray:
