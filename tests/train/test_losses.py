@@ -43,3 +43,16 @@ def test_shapes_are_checked() -> None:
         soft_dice_loss(torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="K >= 2"):
         dice_ce_loss(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.long))
+
+
+def test_batch_dice_pools_the_batch_so_an_absent_class_does_not_floor_the_loss() -> None:
+    # image 0 holds only class 1, image 1 only class 2; the network is right everywhere, with some doubt
+    target = torch.tensor([[[1, 1], [0, 0]], [[2, 2], [0, 0]]])
+    confident = torch.nn.functional.one_hot(target, 3).movedim(-1, 1).float() * 3
+    per_image = soft_dice_loss(confident, target).item()
+    assert per_image > 0.5  # each image's absent class scores a Dice near 0
+    assert soft_dice_loss(confident, target, batch_dice=True).item() < 0.15
+    # pooled by hand: class 1 has overlap 0.75 in image 0 and probability 0.5 spread in image 1
+    logits = torch.tensor([[[0.0], [math.log(3.0)]], [[0.0], [0.0]]])  # (B=2, K=2, S=1)
+    pooled = 1 - 2 * 0.75 / ((0.75 + 0.5) + 1)
+    assert soft_dice_loss(logits, torch.tensor([[1], [0]]), smooth=0.0, batch_dice=True).item() == pytest.approx(pooled, abs=1e-6)

@@ -11,7 +11,7 @@ inference; its labels are resampled to the same grid by nearest neighbour.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,11 +91,14 @@ class PatchSampler:
         cases: the images to sample from.
         patch_size: ``(D, H, W)`` (or ``(H, W)``) patch size.
         foreground_fraction: share of foreground-centred patches, in [0, 1].
-        seed: seeds the sampling (a ``torch.Generator``), so a run is reproducible.
+        seed: seeds the sampling (a ``torch.Generator``) and ``augment``'s stream, so a run is reproducible.
+        augment: applied to each patch, ``augment(image, labels) -> (image, labels)`` (e.g.
+            :class:`medssl_train.augment.SegmentationAugment`); None: patches as cut.
     """
 
     def __init__(self, cases: Sequence[PreparedCase], patch_size: Sequence[int], foreground_fraction: float = 2 / 3,
-                 seed: int = 0) -> None:
+                 seed: int = 0, augment: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+                 ) -> None:
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
         if not 0.0 <= foreground_fraction <= 1.0:
@@ -104,6 +107,9 @@ class PatchSampler:
         self.foreground_fraction = foreground_fraction
         self.cases = [_pad_to(case, self.patch_size) for case in cases]
         self.generator = torch.Generator().manual_seed(seed)
+        self.augment = augment
+        if hasattr(augment, "set_random_state"):
+            augment.set_random_state(seed)
         #: Per case, per foreground class present: flat indices of its voxels.
         self.foreground = [_foreground_voxels(case.labels) for case in self.cases]
 
@@ -114,9 +120,17 @@ class PatchSampler:
             index = self._randint(len(self.cases))
             case = self.cases[index]
             crop = self._crop(case, self.foreground[index])
-            images.append(case.image[(slice(None), *crop)])
-            labels.append(case.labels[crop].long())
+            image, label = case.image[(slice(None), *crop)], case.labels[crop].long()
+            if self.augment is not None:
+                image, label = self.augment(image, label)
+            images.append(image)
+            labels.append(label)
         return torch.stack(images), torch.stack(labels)
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """:meth:`sample` batches without end (what the fine-tuning loop takes)."""
+        while True:
+            yield self.sample(batch_size)
 
     def _crop(self, case: PreparedCase, foreground: list[torch.Tensor]) -> tuple[slice, ...]:
         size = case.labels.shape

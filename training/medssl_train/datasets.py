@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -441,3 +441,15 @@ def make_loader(
         pin_memory=pin_memory,
         collate_fn=collate_fn,
     )
+
+
+def endless(loader: DataLoader) -> Iterator[Any]:
+    """The loader's batches, epoch after epoch without end; the data set's ``set_epoch`` (if any) is called
+    before each epoch (and a ``DistributedSampler``'s), so seeded transforms differ from epoch to epoch."""
+    epoch = 0
+    while True:
+        for target in (loader.dataset, loader.sampler):
+            if hasattr(target, "set_epoch"):
+                target.set_epoch(epoch)
+        yield from loader
+        epoch += 1

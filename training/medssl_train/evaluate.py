@@ -1,14 +1,15 @@
-"""Scoring a segmentation model on phantoms through the SDK's own inference path (``Model.segment``)."""
+"""Scoring models through the SDK's own inference path: ``Model.segment`` (Dice) and ``Model.classify`` (accuracy)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from medssl_sdk.metrics import dice_per_class
-from medssl_sdk.model import Model
+from medssl_sdk.model import ImageInput, Model
 from medssl_sdk.samples import make_phantom
 from medssl_sdk.volume import Volume
 
@@ -48,3 +49,24 @@ def mean_dice(dice: dict[str, float]) -> float:
     """Mean over classes of :func:`dice_by_class`'s result (NaN-free classes only)."""
     values = [v for v in dice.values() if not np.isnan(v)]
     return float(np.mean(values)) if values else float("nan")
+
+
+def classification_scores(model: Model, pairs: Sequence[tuple[ImageInput, int]]) -> dict[str, float]:
+    """Accuracy and mean cross-entropy of ``model.classify`` over ``pairs`` (image, true class index).
+
+    Images go through the inference path (pre-processing, resize to the card's patch size); returns
+    ``{"accuracy": ..., "loss": ...}`` with the loss ``-log p(true class)`` averaged over the pairs.
+    """
+    if not pairs:
+        raise ValueError("classification_scores needs at least one (image, class index) pair")
+    correct, loss = 0, 0.0
+    was_training = model.network.training
+    model.network.eval()
+    try:
+        for image, target in pairs:
+            probabilities = list(model.classify(image).values())
+            correct += int(max(range(len(probabilities)), key=probabilities.__getitem__) == target)
+            loss -= math.log(max(probabilities[target], 1e-12))
+    finally:
+        model.network.train(was_training)
+    return {"accuracy": correct / len(pairs), "loss": loss / len(pairs)}
