@@ -1,5 +1,7 @@
 """The ``medssl-train`` command line.
 
+    medssl-train pretrain unimiss --config run.toml --output runs/unimiss
+    medssl-train finetune --config run.toml --output runs/liver --steps 2000
     medssl-train finetune-phantom --card zoo/medssl_zoo/cards/phantom-mit-nano.toml --output runs/phantom --steps 3000
     medssl-train evaluate-phantom runs/phantom --shape 48 160 144 --spacing 2.5 1.2 1.3
 """
@@ -18,24 +20,30 @@ import torch
 from medssl_sdk.loading import load
 from medssl_sdk.model import pick_device
 from medssl_sdk.samples import PHANTOM_LABELS, make_phantom
-from medssl_train.data import PatchSampler, jittered_grid, phantom_class_names, prepare_phantoms
+from medssl_train.data import (
+    EVALUATION_SEED_BASE,
+    VALIDATION_SEED_BASE,
+    PatchSampler,
+    jittered_grid,
+    phantom_class_names,
+    prepare_phantoms,
+)
 from medssl_train.evaluate import dice_by_class, mean_dice, phantom_pairs
 from medssl_train.finetune import METRICS_FILE, FinetuneConfig, finetune_segmentation
+from medssl_train.finetune_run import add_parser as add_finetune_parser
+from medssl_train.unimiss import command as unimiss_command
 from medssl_zoo import MedsslError, ModelCard
 from medssl_zoo.errors import CardError
 from medssl_zoo.registry import build_model
 from medssl_zoo.weights import CONFIG_FILE
-
-#: Seeds of the validation phantoms start here (training phantoms use 0 .. N-1).
-VALIDATION_SEED_BASE = 10_000
-#: Seeds of the default held-out evaluation phantoms start here.
-EVALUATION_SEED_BASE = 20_000
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="medssl-train", description="Pre-train and fine-tune medssl models.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {version('medssl-sdk')}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_pretrain(commands)
+    add_finetune_parser(commands)
     _add_finetune_phantom(commands)
     _add_evaluate_phantom(commands)
     args = parser.parse_args(argv)
@@ -47,6 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (MedsslError, ValueError) as error:
         print(f"medssl-train: error: {error}", file=sys.stderr)
         return 2
+
+
+def _add_pretrain(commands: argparse._SubParsersAction) -> None:
+    command = commands.add_parser("pretrain", help="self-supervised pre-training (recipes: unimiss)",
+                                  description="Self-supervised pre-training of an encoder; pick a recipe.")
+    recipes = command.add_subparsers(dest="recipe", metavar="RECIPE", required=True)
+    unimiss_command.add_parser(recipes)
 
 
 def _add_finetune_phantom(commands: argparse._SubParsersAction) -> None:
