@@ -20,7 +20,7 @@ from test_io_dicom import rotation
 from medssl_sdk import DicomSegError, VolumeReadError, VolumeWriteError, derived_uid, load, write_dicom_seg
 from medssl_sdk.cli import main
 from medssl_sdk.dicom_seg import CODED_CATEGORY, FALLBACK_CATEGORY, FALLBACK_TYPE
-from medssl_sdk.io import read_dicom_series, read_image_2d, write_nifti
+from medssl_sdk.io import read_dicom_series, read_image_2d, read_nifti, write_nifti
 from medssl_sdk.samples import make_phantom
 from medssl_sdk.segmentation import Segmentation
 from medssl_sdk.volume import Volume
@@ -104,6 +104,17 @@ def test_seg_gives_back_the_label_map_on_the_source_images(phantom, tmp_path, ge
         mask = reread.get_pixels_by_source_instance(source_uids, segment_numbers=[segment])[..., 0]
         np.testing.assert_array_equal(mask, labels == segment)
     assert dciodvfy_errors(path) == []
+
+
+def test_a_label_map_saved_as_nifti_and_read_back_converts(phantom, tmp_path) -> None:
+    image, labels = phantom
+    write_dicom_series(oblique(image), tmp_path / "ct")
+    segmentation = series_segmentation(tmp_path / "ct", labels)
+    segmentation.save(tmp_path / "seg.nii.gz")
+    from_nifti = dataclasses.replace(segmentation, labels=read_nifti(tmp_path / "seg.nii.gz"))  # float32 affine, no UIDs
+    seg = from_nifti.to_dicom_seg(tmp_path / "ct")
+    source_uids = list(segmentation.labels.metadata["sop_instance_uids"])
+    np.testing.assert_array_equal(seg.get_pixels_by_source_instance(source_uids, combine_segments=True), labels)
 
 
 def test_datasets_in_any_order_and_derived_uids_give_the_same_seg(phantom, tmp_path) -> None:
