@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -103,8 +104,7 @@ def to_dicom_seg(
             from another series, or the source mixes series.
         VolumeReadError: the source cannot be read, or holds multi-frame images.
     """
-    import highdicom as hd
-
+    hd = _highdicom()
     labels = segmentation.labels
     frames = _source_frames(labels, _source_datasets(source, labels))
     segment_numbers = _segment_numbers(segmentation)
@@ -154,6 +154,15 @@ def write_dicom_seg(
     return path
 
 
+def _highdicom() -> ModuleType:
+    """The highdicom module, or an error saying how to install it (it is in the ``dicom`` extra)."""
+    try:
+        import highdicom
+    except ImportError as error:
+        raise DicomSegError(f"DICOM SEG output needs highdicom ({error}): pip install 'medssl-sdk[dicom]'") from error
+    return highdicom
+
+
 def _source_datasets(source: str | Path | Sequence[Dataset], labels: Volume) -> list[Dataset]:
     """The source images: a folder's series (the one ``labels`` came from if it says), a file, or the datasets."""
     if isinstance(source, Dataset):
@@ -178,9 +187,7 @@ def _source_datasets(source: str | Path | Sequence[Dataset], labels: Volume) -> 
 
 def _series_in_folder(directory: Path, series_uid: str | None) -> DicomSeriesInfo:
     """The series of ``directory`` with ``series_uid``, or its only series."""
-    found = list_dicom_series(directory)
-    if not found:
-        raise VolumeReadError(directory, "holds no DICOM images; a DICOM SEG needs the DICOM series that was segmented")
+    found = list_dicom_series(directory)  # raises if there is none
     matching = [info for info in found if info.series_uid == series_uid] if series_uid else found
     if len(matching) == 1:
         return matching[0]
@@ -332,8 +339,7 @@ def _segment_numbers(segmentation: Segmentation) -> np.ndarray:
 
 def _segment_descriptions(segmentation: Segmentation, software: str) -> list[highdicom.seg.SegmentDescription]:
     """One description per foreground class, numbered by label value."""
-    import highdicom as hd
-
+    hd = _highdicom()
     card = segmentation.card
     algorithm = hd.AlgorithmIdentificationSequence(
         name=card.name,
