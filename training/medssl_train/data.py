@@ -25,6 +25,10 @@ from medssl_zoo.card import InputSpec
 
 #: Per-axis factor range applied to the card's spacing when drawing a training phantom.
 SPACING_JITTER = (0.8, 1.25)
+#: Seeds of validation phantoms start here (training phantoms use 0 .. N-1).
+VALIDATION_SEED_BASE = 10_000
+#: Seeds of the default held-out evaluation phantoms start here.
+EVALUATION_SEED_BASE = 20_000
 #: Field of view (mm) of training phantoms: along the first (superior) axis, and in-plane.
 FIELD_OF_VIEW_MM = {"axial": (110.0, 200.0), "in_plane": (170.0, 215.0)}
 

@@ -48,6 +48,7 @@ from medssl_sdk.io.image_2d import IMAGE_SUFFIXES, is_image_path
 from medssl_sdk.io.nifti import NIFTI_SUFFIXES, is_nifti_path
 from medssl_sdk.preprocess import prepare, resample
 from medssl_sdk.samples import make_radiograph
+from medssl_sdk.volume import Volume
 from medssl_train.data import PreparedCase, phantom_case, prepare_case
 from medssl_zoo.card import InputSpec
 from medssl_zoo.files import write_atomically
@@ -72,7 +73,7 @@ class ImageSource:
     def name(self) -> str:
         return f"{self.path} (series {self.series_uid})" if self.series_uid else str(self.path)
 
-    def read(self) -> Any:
+    def read(self) -> Volume:
         return read_volume(self.path, self.series_uid)
 
     def cache_key(self, spec: InputSpec, kind: str) -> str:
@@ -289,9 +290,30 @@ class SegmentationFolder(_Items):
         tensors = self._cached(key, make)
         return PreparedCase(tensors["image"], tensors["labels"], image.name)
 
+    def volume_pairs(self) -> Sequence[tuple[Volume, Volume]]:
+        """The cases as read, ``(image, labels)`` Volumes on their own grids (for validation with
+        ``Model.segment``); each pair is read when indexed, so the whole set is never held in memory."""
+        return _ReadPairs(self.pairs)
+
     def __getitem__(self, index: int) -> Any:
         case = self.case(index)
         return case if self.transform is None else self._transformed(index, case.image, case.labels)
+
+
+class _ReadPairs(Sequence):
+    """``(image, labels)`` Volumes read from a list of source pairs on access."""
+
+    def __init__(self, pairs: Sequence[tuple[ImageSource, ImageSource]]) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return _ReadPairs(self.pairs[index])
+        image, labels = self.pairs[index]
+        return image.read(), labels.read()
 
 
 class ClassificationFolder(_Items):
