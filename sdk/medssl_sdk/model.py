@@ -9,9 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +18,8 @@ from torch import nn
 
 from medssl_sdk.io import read_volume
 from medssl_sdk.preprocess import PreparedInput, prepare, resample, restore_labels, restore_orientation
+from medssl_sdk.runtimes import Runtime
+from medssl_sdk.runtimes.eager import TorchRuntime
 from medssl_sdk.segmentation import Segmentation
 from medssl_sdk.sliding_window import sliding_window_argmax, sliding_window_inference
 from medssl_sdk.volume import Volume
@@ -77,19 +76,42 @@ def as_volume(
     raise TypeError(f"cannot read an image from {type(image).__name__}; pass a path, a Volume or a numpy array")
 
 
-@dataclass
 class Model:
-    """A loaded zoo model.
+    """A loaded zoo model: a runtime that runs the network, its card, and the inference API.
+
+    ``Model(network, card, device)`` wraps an ``nn.Module`` (the PyTorch runtime); ``Model(runtime, card)``
+    wraps an exported model's runtime (ONNX Runtime, TensorRT). Either way ``segment``, ``classify`` and
+    ``embed`` behave the same.
 
     Attributes:
-        network: the ``nn.Module`` in eval mode on ``device``; its ``forward`` gives its card's task output.
-        card: its model card (architecture, inputs, labels, weights with the verified sha256).
+        runtime: what runs the network (:mod:`medssl_sdk.runtimes`); ``runtime.backend`` names it.
+        card: the model card (architecture, inputs, labels, weights with the verified sha256).
         device: where the network runs.
     """
 
-    network: nn.Module
-    card: ModelCard
-    device: torch.device
+    def __init__(self, network: nn.Module | Runtime, card: ModelCard, device: torch.device | None = None) -> None:
+        if isinstance(network, nn.Module):
+            network = TorchRuntime(network, device or torch.device("cpu"))
+        elif device is not None and torch.device(device) != network.device:
+            raise ValueError(f"the {network.backend} runtime runs on {network.device}, not {device}")
+        self.runtime: Runtime = network
+        self.card = card
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def backend(self) -> str:
+        """``"torch"``, ``"onnxruntime"`` or ``"tensorrt"``."""
+        return self.runtime.backend
+
+    @property
+    def network(self) -> nn.Module:
+        """The ``nn.Module`` (eval mode, on ``device``); only the PyTorch runtime has one."""
+        if not isinstance(self.runtime, TorchRuntime):
+            raise MedsslError(f"model {self.name!r} runs an exported graph on {self.backend}; it has no PyTorch network")
+        return self.runtime.network
 
     @property
     def name(self) -> str:
@@ -98,12 +120,11 @@ class Model:
     @property
     def task(self) -> str:
         """``"segment"``, ``"classify"`` or ``"embed"``: what the network's forward gives."""
-        return str(self.card.kwargs.get("task", getattr(self.network, "task", "embed")))
+        return str(self.card.kwargs.get("task", "embed"))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Run the network on a prepared batch (moved to ``device``) in inference mode."""
-        with torch.inference_mode(), self._autocast():
-            return self.network(x.to(self.device))
+        """Run the network on a prepared batch ``(N, C, *patch)`` in inference mode; float32 output on ``device``."""
+        return self.runtime(x)
 
     def segment(
         self,
@@ -156,20 +177,15 @@ class Model:
     ) -> dict[str, float]:
         """Class probabilities (softmax) of the whole image, resized to the card's patch size, by label name."""
         self._require_task("classify")
-        with torch.inference_mode(), self._autocast():
-            logits = self.network(self._whole_image(image, spacing, series_uid).to(self.device))
-        probabilities = logits.float().softmax(dim=1)[0].cpu().tolist()
+        logits = self.runtime(self._whole_image(image, spacing, series_uid))
+        probabilities = logits.softmax(dim=1)[0].cpu().tolist()
         return dict(zip(self._class_names(len(probabilities)), probabilities))
 
     def embed(
         self, image: ImageInput, *, spacing: tuple[float, ...] | None = None, series_uid: str | None = None
     ) -> torch.Tensor:
         """The encoder's embedding ``(embedding_dim,)`` (float32, CPU) of the whole image at the card's patch size."""
-        embed: Callable[[torch.Tensor], torch.Tensor] | None = getattr(self.network, "embed", None)
-        if embed is None:
-            raise MedsslError(f"model {self.name!r} ({self.card.architecture}) has no embedding output")
-        with torch.inference_mode(), self._autocast():
-            return embed(self._whole_image(image, spacing, series_uid).to(self.device))[0].float().cpu()
+        return self.runtime.embed(self._whole_image(image, spacing, series_uid))[0].cpu()
 
     def _require_task(self, task: str) -> None:
         if self.task != task:
@@ -223,21 +239,16 @@ class Model:
 
     def _probabilities(self, windows: torch.Tensor) -> torch.Tensor:
         """Softmax class probabilities ``(N, K, *roi)`` (float32) of a batch of windows ``(N, C, *roi)``."""
-        with self._autocast():
-            return self.network(windows).float().softmax(dim=1)
+        return self.runtime(windows).softmax(dim=1)
 
     def _class_names(self, count: int | None = None) -> tuple[str, ...]:
         names = tuple(label.name for label in self.card.labels)
         count = count if count is not None else int(self.card.kwargs.get("num_classes", len(names)))
         return names if len(names) == count else tuple(f"class_{i}" for i in range(count))
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 (fp16 where bf16 is missing) autocast on CUDA; nothing elsewhere."""
-        if self.device.type != "cuda":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-
     def __repr__(self) -> str:
-        return f"Model({self.card.name!r}, task={self.task!r}, device={self.device}, weights sha256={self.card.weights.sha256})"
+        return (
+            f"Model({self.card.name!r}, task={self.task!r}, backend={self.backend!r}, device={self.device}, "
+            f"weights sha256={self.card.weights.sha256})"
+        )
 

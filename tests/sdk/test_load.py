@@ -143,5 +143,5 @@ def test_bad_names_and_paths(tmp_path: Path) -> None:
         load("unimiss-mt7")
     stray = tmp_path / "model.pth"
     stray.write_bytes(b"x")
-    with pytest.raises(CardError, match="is a file; load\\(\\) takes a zoo name or a checkpoint directory"):
+    with pytest.raises(CardError, match="is a file; load\\(\\) takes a zoo name, a checkpoint directory"):
         load(stray)

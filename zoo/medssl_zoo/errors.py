@@ -27,3 +27,7 @@ class StateDictMismatchError(WeightsError):
 
 class CheckpointFormatError(WeightsError):
     """A checkpoint file or directory is not in the expected format."""
+
+
+class ExportError(MedsslError):
+    """A model cannot be exported as asked, or an exported model cannot run here."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -18,9 +19,25 @@ from medssl_zoo.mit import create_mit
 from medssl_zoo.swin_unetr import create_swin_unetr
 from medssl_zoo.weights import load_weights_file, resolve_weights
 
-#: Architecture name (a card's ``architecture.name``) -> builder. A builder takes the card's kwargs and
-#: ``spatial_dims`` (the card's input branches, e.g. (2, 3)) and returns an ``nn.Module``.
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mit": create_mit, "swin_unetr": create_swin_unetr}
+
+@dataclass(frozen=True)
+class Architecture:
+    """A network family the zoo can build.
+
+    Attributes:
+        builder: takes the card's kwargs and ``spatial_dims`` (the card's input branches, e.g. (2, 3)) and
+            returns an ``nn.Module`` whose ``forward`` gives the card's task output.
+        exportable: whether the network traces to ONNX at its patch size with a dynamic batch axis
+            (checked for every shipped card by the zoo's export test); when False, ``export_note`` says why.
+    """
+
+    builder: Callable[..., nn.Module]
+    exportable: bool = True
+    export_note: str = ""
+
+
+#: Architecture name (a card's ``architecture.name``) -> how to build (and whether it exports).
+ARCHITECTURES: dict[str, Architecture] = {"mit": Architecture(create_mit), "swin_unetr": Architecture(create_swin_unetr)}
 
 _USER_CARDS: dict[str, ModelCard] = {}
 
@@ -61,12 +78,13 @@ def register_card(card: ModelCard | Path | str, replace: bool = False) -> ModelC
         card = ModelCard.from_toml(Path(card))
     if card.name in _cards() and not replace:
         raise CardError(f"a zoo entry named {card.name!r} exists; pass replace=True to shadow it")
-    _builder(card)
+    architecture_of(card)
     _USER_CARDS[card.name] = card
     return card
 
 
-def _builder(card: ModelCard) -> Callable[..., nn.Module]:
+def architecture_of(card: ModelCard) -> Architecture:
+    """The registry entry of a card's architecture; an unknown one is an error listing those known."""
     if card.architecture not in ARCHITECTURES:
         raise CardError(f"card {card.name!r}: unknown architecture {card.architecture!r}; known: {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[card.architecture]
@@ -74,7 +92,7 @@ def _builder(card: ModelCard) -> Callable[..., nn.Module]:
 
 def build_model(card: ModelCard, **overrides: object) -> nn.Module:
     """Build the card's architecture with random weights; ``overrides`` replace card kwargs."""
-    builder = _builder(card)
+    builder = architecture_of(card).builder
     kwargs = {**card.kwargs, **overrides}
     if "spatial_dims" not in kwargs:
         kwargs["spatial_dims"] = card.spatial_dims
