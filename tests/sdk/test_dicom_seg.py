@@ -15,12 +15,13 @@ import pydicom
 import pytest
 from conftest import nano_task_card
 from dicom_series import write_dicom_image_2d, write_dicom_series
+from pydicom.uid import RLELossless
 from test_io_dicom import rotation
 
 from medssl_sdk import DicomSegError, VolumeReadError, VolumeWriteError, derived_uid, load, write_dicom_seg
 from medssl_sdk.cli import main
 from medssl_sdk.dicom_seg import CODED_CATEGORY, FALLBACK_CATEGORY, FALLBACK_TYPE
-from medssl_sdk.io import read_dicom_series, read_image_2d, read_nifti, write_nifti
+from medssl_sdk.io import list_dicom_series, read_dicom_series, read_image_2d, read_nifti, write_nifti
 from medssl_sdk.samples import make_phantom
 from medssl_sdk.segmentation import Segmentation
 from medssl_sdk.volume import Volume
@@ -115,6 +116,22 @@ def test_a_label_map_saved_as_nifti_and_read_back_converts(phantom, tmp_path) ->
     seg = from_nifti.to_dicom_seg(tmp_path / "ct")
     source_uids = list(segmentation.labels.metadata["sop_instance_uids"])
     np.testing.assert_array_equal(seg.get_pixels_by_source_instance(source_uids, combine_segments=True), labels)
+
+
+def test_compressed_source_in_a_folder_of_several_series(phantom, tmp_path) -> None:
+    image, labels = phantom
+    write_dicom_series(image, tmp_path / "study" / "a", series_number=1)
+    compressed = write_dicom_series(image, tmp_path / "study" / "b", series_number=2, transfer_syntax=RLELossless)
+    assert pydicom.dcmread(compressed[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == RLELossless
+    wanted = read_dicom_series(tmp_path / "study", series_uid=list_dicom_series(tmp_path / "study")[1].series_uid)
+    segmentation = Segmentation(wanted.with_array(labels), CLASSES, CARD)
+    seg = segmentation.to_dicom_seg(tmp_path / "study")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == wanted.metadata["series_uid"] and seg.SeriesNumber == 1002
+    source_uids = list(wanted.metadata["sop_instance_uids"])
+    np.testing.assert_array_equal(seg.get_pixels_by_source_instance(source_uids, combine_segments=True), labels)
+    unnamed = dataclasses.replace(segmentation, labels=Volume(labels, wanted.affine, {}))
+    with pytest.raises(DicomSegError, match=r"holds 2 series and the label map does not say which"):
+        unnamed.to_dicom_seg(tmp_path / "study")
 
 
 def test_datasets_in_any_order_and_derived_uids_give_the_same_seg(phantom, tmp_path) -> None:
