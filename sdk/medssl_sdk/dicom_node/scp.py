@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import numpy as np
 from pydicom import uid
+from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
@@ -112,6 +114,7 @@ class StorageSCP:
                 _calling(event), self.spool.free_mb(), self.min_free_mb,
             )
             event.assoc.acse.send_reject(*_REJECT_TRANSIENT)
+            event.assoc.kill()  # as pynetdicom's own rejections do: the DUL sends the A-ASSOCIATE-RJ, then stops
 
     def _on_accepted(self, event: Event) -> None:
         refused = sorted({uid.UID(context.abstract_syntax).name for context in event.assoc.rejected_contexts})
@@ -128,8 +131,7 @@ class StorageSCP:
             return STATUS_OUT_OF_RESOURCES
         try:
             dataset = event.dataset
-            if "PixelData" not in dataset:
-                raise SpoolError("the data set has no PixelData")
+            _check_pixel_data(dataset, uid.UID(event.context.transfer_syntax))
             study_uid, series_uid = str(dataset.get("StudyInstanceUID", "")), str(dataset.get("SeriesInstanceUID", ""))
             self.spool.store(event.encoded_dataset(), study_uid, series_uid, str(event.request.AffectedSOPInstanceUID))
         except SpoolError as error:
@@ -147,7 +149,22 @@ class StorageSCP:
         return STATUS_SUCCESS
 
 
+def _check_pixel_data(dataset: Dataset, transfer_syntax: uid.UID) -> None:
+    """Raise SpoolError unless ``dataset`` has pixel data of the size its image attributes promise (uncompressed)."""
+    if "PixelData" not in dataset:
+        raise SpoolError("the data set has no PixelData")
+    if transfer_syntax.is_compressed:
+        return  # encapsulated fragments: checked when decoded
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    shape = (dataset.get("Rows", 0), dataset.get("Columns", 0), dataset.get("SamplesPerPixel", 1), frames)
+    expected = int(np.prod(shape, dtype=np.int64)) * int(dataset.get("BitsAllocated", 16)) // 8
+    actual = len(dataset.PixelData)
+    if actual not in (expected, expected + 1):  # + 1: an odd length is padded
+        raise SpoolError(f"the data set's PixelData holds {actual} bytes; Rows, Columns, frames and BitsAllocated need {expected}")
+
+
 def _calling(event: Event) -> str:
     """The peer as ``AE@address`` for log lines."""
     requestor = event.assoc.requestor
-    return f"{str(requestor.ae_title).strip()}@{requestor.address}"
+    title = requestor.primitive.calling_ae_title if requestor.primitive is not None else requestor.ae_title
+    return f"{str(title).strip()}@{requestor.address}"

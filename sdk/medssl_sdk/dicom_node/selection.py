@@ -51,9 +51,12 @@ def series_problem(folder: Path, rules: SelectionRules) -> tuple[str | None, int
     headers = []
     for path in sorted(folder.glob("*.dcm")):
         try:
-            headers.append(pydicom.dcmread(path, stop_before_pixels=True))
+            header = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as error:  # pydicom raises many types for damaged files
             return f"unreadable instance {path.name} ({type(error).__name__})", 0
+        if not all(keyword in header for keyword in ("SOPInstanceUID", "Rows", "Columns")):
+            return f"unreadable instance {path.name} (incomplete header: no SOPInstanceUID, Rows or Columns)", 0
+        headers.append(header)
     count = len(headers)
     modalities = {str(header.get("Modality", "")) for header in headers}
     if len(modalities) != 1 or not modalities <= set(rules.modalities):

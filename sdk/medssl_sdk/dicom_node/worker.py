@@ -21,6 +21,7 @@ from medssl_sdk.dicom_node.config import NodeConfig
 from medssl_sdk.dicom_node.jobs import Job, JobState, JobStore
 from medssl_sdk.dicom_node.selection import select_series
 from medssl_sdk.dicom_node.spool import Spool, write_durably
+from medssl_sdk.dicom_seg import derived_uid
 from medssl_sdk.model import Model
 
 LOG = logging.getLogger("medssl.dicom_node.worker")
@@ -28,8 +29,6 @@ LOG = logging.getLogger("medssl.dicom_node.worker")
 
 def seg_uids(model: Model, source_series_uid: str) -> tuple[str, str]:
     """(SOPInstanceUID, SeriesInstanceUID) of the SEG ``model`` makes for ``source_series_uid``; the same on every run."""
-    from medssl_sdk.dicom_seg import derived_uid
-
     parts = (source_series_uid, model.card.name, model.card.weights.sha256 or "")
     return derived_uid(*parts, "seg-instance"), derived_uid(*parts, "seg-series")
 

@@ -1,0 +1,95 @@
+"""Sending results: exponential back-off, retries against a peer that refuses, giving up after max_attempts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from peers import free_port, wait_until
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import SegmentationStorage
+
+from medssl_sdk.dicom_node.config import Destination
+from medssl_sdk.dicom_node.jobs import Job, JobState, JobStore
+from medssl_sdk.dicom_node.sender import ResultSender, backoff_delay
+from medssl_sdk.dicom_node.spool import Spool
+
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    assert [backoff_delay(k, 2.0, 20.0) for k in (1, 2, 3, 4, 5, 6)] == [2.0, 4.0, 8.0, 16.0, 20.0, 20.0]
+
+
+def inferred_job(spool: Spool, jobs: JobStore) -> Job:
+    """A study whose (stand-in) result file is ready to send."""
+    dataset = Dataset()
+    dataset.SOPClassUID, dataset.SOPInstanceUID = SegmentationStorage, generate_uid()
+    dataset.StudyInstanceUID, dataset.Modality = STUDY, "SEG"
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.save_as(spool.result_path(STUDY), enforce_file_format=True)
+    job, _ = jobs.create_if_new(STUDY)
+    for state in (JobState.COMPLETE, JobState.SELECTED):
+        job = jobs.advance(job, state)
+    return jobs.advance(job, JobState.INFERRED, seg_sop_instance_uid=dataset.SOPInstanceUID)
+
+
+@pytest.fixture
+def spool_and_jobs(tmp_path: Path) -> tuple[Spool, JobStore]:
+    spool = Spool(tmp_path / "spool")
+    return spool, JobStore(spool)
+
+
+def run_sender(spool: Spool, jobs: JobStore, destination: Destination) -> tuple[ResultSender, threading.Event]:
+    stopping = threading.Event()
+    sender = ResultSender(spool, jobs, destination, "MEDSSL", stopping)
+    sender.start()
+    sender.submit(STUDY)
+    return sender, stopping
+
+
+def test_a_refusing_peer_is_retried_with_backoff_until_it_stores(spool_and_jobs: tuple[Spool, JobStore]) -> None:
+    spool, jobs = spool_and_jobs
+    inferred_job(spool, jobs)
+    arrivals: list[float] = []
+
+    def busy_twice(event: evt.Event) -> int:
+        arrivals.append(time.monotonic())
+        return 0xA700 if len(arrivals) <= 2 else 0x0000  # out of resources, twice
+
+    peer = AE(ae_title="PACS")
+    peer.add_supported_context(SegmentationStorage, ExplicitVRLittleEndian)
+    port = free_port()
+    server = peer.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, busy_twice)])
+    destination = Destination(ae_title="PACS", host="127.0.0.1", port=port, max_attempts=5, backoff_initial_s=0.2,
+                              backoff_max_s=1.0, timeout_s=5)
+    sender, stopping = run_sender(spool, jobs, destination)
+    try:
+        job = wait_until(lambda: (job := jobs.get(STUDY)).state is JobState.SENT and job, 30, "the job to be sent")
+    finally:
+        stopping.set()
+        sender.join()
+        server.shutdown()
+    assert job.send_attempts == 3 and len(arrivals) == 3
+    gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4, f"back-off not respected: {gaps}"
+
+
+def test_an_unreachable_peer_fails_the_job_after_max_attempts(spool_and_jobs: tuple[Spool, JobStore]) -> None:
+    spool, jobs = spool_and_jobs
+    inferred_job(spool, jobs)
+    destination = Destination(ae_title="PACS", host="127.0.0.1", port=free_port(), max_attempts=2, backoff_initial_s=0.1,
+                              backoff_max_s=0.1, timeout_s=2)
+    sender, stopping = run_sender(spool, jobs, destination)
+    try:
+        job = wait_until(lambda: (job := jobs.get(STUDY)).state is JobState.FAILED and job, 30, "the job to fail")
+    finally:
+        stopping.set()
+        sender.join()
+    assert job.send_attempts == 2
+    assert job.reason.startswith(f"sending to PACS@127.0.0.1:{destination.port} failed: association with")
