@@ -4,7 +4,10 @@
     medssl segment ct_dir/ -m phantom-mit-nano -o ct_seg.dcm --format dicom-seg
     medssl classify xray.png -m MODEL
     medssl embed ct.nii.gz -m unimiss-mit7 -o ct_embedding.npy
+    medssl export -m phantom-mit-nano -o nano-onnx [--format tensorrt --precision fp16]
+    medssl segment ct_dir/ -m nano-onnx -o ct_seg.nii.gz          # runs the export on ONNX Runtime
     medssl zoo list | convert unimiss CKPT -o DIR | demo
+    medssl push runs/liver --repo my-lab/mit22-liver [--revision v1] [--private]
     medssl serve-dicom -c node.toml      # DICOM node: receive studies, send DICOM SEG (docs/deployment.md)
 
 Exit code 0 only on success. Errors print one readable line and exit 1 (argparse usage errors exit 2);
@@ -25,12 +28,16 @@ import numpy as np
 
 from medssl_sdk.dicom_node.cli import add_serve_dicom_parser
 from medssl_sdk.dicom_seg import write_dicom_seg
+from medssl_sdk.export import DEFAULT_MAX_BATCH, FORMATS, PRECISIONS, ExportManifest
+from medssl_sdk.hub import add_push_parser
 from medssl_sdk.io import check_output_path
 from medssl_sdk.io.dicom_files import looks_like_dicom
 from medssl_sdk.loading import load
 from medssl_sdk.model import Model, as_volume
 from medssl_sdk.overlay import render_overlay
+from medssl_sdk.runtimes import BACKENDS
 from medssl_zoo import MedsslError, get_card, list_models
+from medssl_zoo.card import BRANCHES
 from medssl_zoo.files import write_atomically
 
 #: ``medssl segment --format``: the file endings each output format accepts.
@@ -43,7 +50,7 @@ def _say(args: argparse.Namespace, *message: object) -> None:
 
 
 def _load(args: argparse.Namespace) -> Model:
-    return load(args.model, device=args.device, weights=args.weights)
+    return load(args.model, device=args.device, weights=args.weights, backend=args.backend)
 
 
 def _check_output(path: Path, args: argparse.Namespace, suffixes: tuple[str, ...]) -> Path:
@@ -109,6 +116,19 @@ def _embed(args: argparse.Namespace) -> None:
     _say(args, f"wrote {output}: embedding of shape {embedding.shape}")
 
 
+def _export(args: argparse.Namespace) -> None:
+    model = load(args.model, device=args.device or "cpu", weights=args.weights)
+    branches = tuple(args.branch) if args.branch else None
+    folder = model.export(
+        args.output, format=args.format, precision=args.precision, branches=branches, max_batch=args.max_batch,
+        overwrite=args.overwrite,
+    )
+    manifest = ExportManifest.read(folder)
+    graphs = ", ".join(f"{g.file} (max |difference| to PyTorch {g.max_abs_difference:.2g})" for g in manifest.graphs.values())
+    engines = "".join(f"; {entry.file} for {entry.gpu}, TensorRT {entry.tensorrt_version}" for entry in manifest.engines.values())
+    _say(args, f"wrote {folder}: {graphs}{engines}")
+
+
 def _zoo_list(args: argparse.Namespace) -> None:
     for name in list_models():
         card = get_card(name)
@@ -138,8 +158,19 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, help="a DICOM series folder, a NIfTI file, a PNG/JPEG or a DICOM image")
-    parser.add_argument("-m", "--model", required=True, help="a zoo name (`medssl zoo list`) or a checkpoint directory")
+    parser.add_argument(
+        "-m", "--model", required=True, help="a zoo name (`medssl zoo list`), a checkpoint directory or an export folder"
+    )
     parser.add_argument("--series", default=None, metavar="UID", help="SeriesInstanceUID to use when a folder holds several")
+    _add_model_arguments(parser)
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=None,
+        help="what runs the network: torch (default for zoo names and checkpoints), onnxruntime (default for ONNX "
+        "exports; a zoo name is exported once and cached) or tensorrt",
+    )
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)")
     parser.add_argument("--weights", type=Path, default=None, help="local weights file/dir for a zoo name (air-gapped sites)")
 
@@ -181,6 +212,24 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     embed.set_defaults(run=_embed)
 
+    export = commands.add_parser(
+        "export", help="export a model to an ONNX (or TensorRT) folder that `medssl segment -m FOLDER` and load() run"
+    )
+    export.add_argument("-m", "--model", required=True, help="a zoo name (`medssl zoo list`) or a checkpoint directory")
+    export.add_argument("-o", "--output", type=Path, required=True, help="export folder to create")
+    export.add_argument("--format", choices=FORMATS, default="onnx", help="onnx (default): graphs; tensorrt: graphs + engines")
+    export.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32", help="TensorRT engine precision (ONNX graphs are fp32; default fp32)"
+    )
+    export.add_argument("--branch", action="append", choices=BRANCHES, help="export only this input branch (repeatable)")
+    export.add_argument(
+        "--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+        help=f"largest batch (sliding windows per call) engines are built for (default {DEFAULT_MAX_BATCH})",
+    )
+    _add_model_arguments(export)
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export folder (never anything else)")
+    export.set_defaults(run=_export)
+
     zoo = commands.add_parser("zoo", help="list the zoo's models").add_subparsers(dest="zoo_command", required=True)
     zoo.add_parser("list", help="one line per zoo entry").set_defaults(run=_zoo_list)
 
@@ -205,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=_demo)
 
     add_serve_dicom_parser(commands)
+    add_push_parser(commands)
     return parser
 
 

@@ -19,9 +19,13 @@ Graphs are traced at the card's patch size with the kernels on their PyTorch ref
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
-import os
+import logging
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -167,7 +171,6 @@ def export_network(
     branches: tuple[str, ...] | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     overwrite: bool = False,
-    source: Path | str | None = None,
 ) -> Path:
     """Export ``network`` (built from ``card``) to the folder ``path``; return it.
 
@@ -177,8 +180,7 @@ def export_network(
             kept in fp32). ONNX graphs are always fp32.
         branches: input branches to export (default: all of the card's).
         max_batch: the largest batch (sliding windows per call) engines are built for.
-        overwrite: replace an existing export folder (never anything else).
-        source: the checkpoint folder the network came from, if any: never replaced, even with ``overwrite``.
+        overwrite: replace an existing export folder; anything else (a checkpoint, a file) is never replaced.
 
     The folder appears complete or not at all (written beside it, then renamed).
     """
@@ -195,7 +197,7 @@ def export_network(
     if max_batch < 1:
         raise ExportError(f"max_batch must be at least 1; got {max_batch}")
     signatures = export_signatures(card, branches)
-    _check_export_target(path, overwrite, source)
+    _check_export_target(path, overwrite)
     if format == "tensorrt":
         from medssl_sdk.runtimes.tensorrt_backend import require_tensorrt
 
@@ -216,9 +218,7 @@ def export_network(
     return path
 
 
-def _check_export_target(path: Path, overwrite: bool, source: Path | str | None) -> None:
-    if source is not None and path.exists() and os.path.samefile(path, source):
-        raise ExportError(f"{path}: is the checkpoint being exported; exports never replace their source, choose another folder")
+def _check_export_target(path: Path, overwrite: bool) -> None:
     if path.exists():
         if not path.is_dir():
             raise ExportError(f"{path}: exists and is not a folder; choose a folder name for the export")
@@ -242,7 +242,7 @@ def _export_graph(network: nn.Module, signature: ExportSignature, folder: Path, 
     was_training = network.training
     network.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _quiet_exporter():
             torch.onnx.export(
                 network, (example,), str(file), input_names=[signature.input_name], output_names=[signature.output_name],
                 dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True, external_data=False, verbose=False,
@@ -264,6 +264,20 @@ def _export_graph(network: nn.Module, signature: ExportSignature, folder: Path, 
             f"(outputs up to {scale:.3g}); please report this with the model name"
         )
     return GraphEntry(signature, file.name, sha256_file(file), difference)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's progress prints, optional-package notices and deprecation warnings (errors still raise)."""
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
+    exporter_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        exporter_log.setLevel(level)
 
 
 def _versions() -> dict[str, str]:

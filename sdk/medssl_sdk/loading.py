@@ -50,25 +50,24 @@ def load(
         if weights is not None:
             raise ValueError(f"{path} is an export folder; 'weights' applies to zoo names only")
         return _load_export(path, ExportManifest.read(path), device, backend, precision)
-    network, card, source = _load_network(name_or_path, weights, cache_dir)
+    network, card = _load_network(name_or_path, weights, cache_dir)
     if backend in (None, "torch"):
         resolved = pick_device(device)
         return Model(network.to(resolved).eval(), card, resolved)
-    folder = _cached_export(network, card, source)
+    folder = _cached_export(network, card)
     return _load_export(folder, ExportManifest.read(folder), device, backend, precision)
 
 
 def _load_network(
     name_or_path: str | Path, weights: str | Path | None, cache_dir: str | Path | None
-) -> tuple[nn.Module, ModelCard, Path | None]:
-    """The network and card of a zoo name or checkpoint folder, and the folder (None for zoo names)."""
+) -> tuple[nn.Module, ModelCard]:
+    """The network and card of a zoo name or checkpoint folder."""
     path = Path(name_or_path)
     is_zoo_name = str(name_or_path) in list_models()
     if path.is_dir():
         if weights is not None:
             raise ValueError(f"{path} is a checkpoint directory; 'weights' applies to zoo names only")
-        network, card = load_checkpoint(path)
-        return network, card, path
+        return load_checkpoint(path)
     if path.is_file() and not is_zoo_name:
         raise CardError(
             f"{path} is a file; load() takes a zoo name, a checkpoint directory holding config.json and "
@@ -77,10 +76,10 @@ def _load_network(
     if not is_zoo_name and (path.is_absolute() or len(path.parts) > 1 or path.suffix):
         raise CardError(f"{path}: no such checkpoint directory (and not a zoo name: see `medssl zoo list`)")
     card = get_card(str(name_or_path))  # an unknown name raises, naming the closest zoo entries
-    return create(card, pretrained=True, weights=weights, cache_dir=cache_dir), card, None
+    return create(card, pretrained=True, weights=weights, cache_dir=cache_dir), card
 
 
-def _cached_export(network: nn.Module, card: ModelCard, source: Path | None) -> Path:
+def _cached_export(network: nn.Module, card: ModelCard) -> Path:
     """The ONNX export of a network from the medssl cache, keyed by its card name and weights sha256."""
     if card.weights.sha256 is None:
         raise ExportError(f"model {card.name!r} has no pinned weights sha256 to key an export cache entry by")
@@ -89,7 +88,7 @@ def _cached_export(network: nn.Module, card: ModelCard, source: Path | None) -> 
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return export_network(network.cpu().eval(), card, folder, source=source)
+        return export_network(network.cpu().eval(), card, folder)
     except ExportError:
         if is_export_folder(folder):  # another process exported it meanwhile
             return folder

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medssl_sdk.export import DEFAULT_MAX_BATCH, export_network
 from medssl_sdk.io import read_volume
 from medssl_sdk.preprocess import PreparedInput, prepare, resample, restore_labels, restore_orientation
 from medssl_sdk.runtimes import Runtime
@@ -186,6 +187,26 @@ class Model:
     ) -> torch.Tensor:
         """The encoder's embedding ``(embedding_dim,)`` (float32, CPU) of the whole image at the card's patch size."""
         return self.runtime.embed(self._whole_image(image, spacing, series_uid))[0].cpu()
+
+    def export(
+        self,
+        path: str | Path,
+        *,
+        format: str = "onnx",
+        precision: str = "fp32",
+        branches: tuple[str, ...] | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        overwrite: bool = False,
+    ) -> Path:
+        """Export the network to a self-describing folder that ``load(path)`` runs on ONNX Runtime or TensorRT.
+
+        One graph per input branch at the card's patch size with a dynamic batch axis; see
+        :func:`medssl_sdk.export.export_network` for the arguments and the folder layout.
+        """
+        return export_network(
+            self.network, self.card, path, format=format, precision=precision, branches=branches, max_batch=max_batch,
+            overwrite=overwrite,
+        )
 
     def _require_task(self, task: str) -> None:
         if self.task != task:
