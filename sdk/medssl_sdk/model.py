@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from medssl_sdk.export import DEFAULT_MAX_BATCH, export_network
+from medssl_sdk.hub import PushResult, push_checkpoint
 from medssl_sdk.io import read_volume
 from medssl_sdk.preprocess import PreparedInput, prepare, resample, restore_labels, restore_orientation
 from medssl_sdk.runtimes import Runtime
@@ -24,7 +26,7 @@ from medssl_sdk.runtimes.eager import TorchRuntime
 from medssl_sdk.segmentation import Segmentation
 from medssl_sdk.sliding_window import sliding_window_argmax, sliding_window_inference
 from medssl_sdk.volume import Volume
-from medssl_zoo import MedsslError, ModelCard
+from medssl_zoo import MedsslError, ModelCard, save_checkpoint
 from medssl_zoo.card import InputSpec
 
 #: What the inference methods accept: a Volume, a path (DICOM series folder, NIfTI, PNG/JPEG, DICOM file),
@@ -207,6 +209,22 @@ class Model:
             self.network, self.card, path, format=format, precision=precision, branches=branches, max_batch=max_batch,
             overwrite=overwrite,
         )
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        revision: str | None = None,
+        private: bool = False,
+        commit_message: str | None = None,
+        token: str | None = None,
+    ) -> PushResult:
+        """Save the network as a checkpoint and upload it with a model card, as ``medssl push`` does
+        (:func:`medssl_sdk.hub.push_checkpoint`); the PyTorch runtime only."""
+        with tempfile.TemporaryDirectory(prefix="medssl-checkpoint-") as directory:
+            save_checkpoint(self.network, self.card, directory)
+            return push_checkpoint(directory, repo_id, revision=revision, private=private, commit_message=commit_message,
+                                   token=token)
 
     def _require_task(self, task: str) -> None:
         if self.task != task:

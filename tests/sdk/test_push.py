@@ -14,6 +14,7 @@ from conftest import nano_task_card
 from hub_server import HubServer
 from huggingface_hub import ModelCard as HubModelCard
 
+from medssl_sdk import load
 from medssl_sdk.cli import main
 from medssl_sdk.hub import build_upload_folder, check_upload_folder, push_checkpoint
 from medssl_zoo import MedsslError, save_checkpoint
@@ -121,3 +122,12 @@ def test_a_refusing_or_absent_hub_is_a_clear_error(checkpoint: Path, hub: HubSer
     with pytest.raises(MedsslError, match="failed: .*Check the token"):
         push_checkpoint(checkpoint, "my-lab/x", endpoint=closed)
     assert hub.repos == {}
+
+
+def test_model_push_to_hub_uploads_the_loaded_network(checkpoint: Path, hub: HubServer) -> None:
+    model = load(checkpoint, device="cpu")
+    result = model.push_to_hub("my-lab/from-model", commit_message="from Python")
+    received = hub.repos["my-lab/from-model"].branches["main"]
+    assert sorted(received) == ["README.md", "config.json", "model.safetensors"]
+    assert hashlib.sha256(received["model.safetensors"]).hexdigest() == model.card.weights.sha256 == result.card.weights.sha256
+    assert hub.repos["my-lab/from-model"].commits[0].message == "from Python"

@@ -297,9 +297,9 @@ def train(
         raise MedsslError(f"{output} already holds {', '.join(taken)}; choose another output directory or overwrite")
     output.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
-    network.to(device).train()
     module = getattr(network, "module", network)  # what a DDP wrapper wraps
-    model = Model(module, card, device)
+    model = Model(module, card, device)  # validation's view of the same module
+    network.to(device).train()
     optimiser = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, config.learning_rate_factor)
     log = _MetricsLog(output / METRICS_FILE, validator.columns)
