@@ -36,7 +36,7 @@ def worker(output: Path) -> None:
     from medssl_train.datasets import PhantomRadiographs, PhantomVolumes
     from medssl_train.distributed import distributed_session
     from medssl_train.unimiss import PretrainConfig, pretrain_unimiss
-    from medssl_train.unimiss.pretrain import build_networks, is_3d_parameter
+    from medssl_train.unimiss.trainer import build_networks, is_3d_parameter
 
     card, config = nano_card(), PretrainConfig(**RECIPE)
     torch.manual_seed(config.seed)
@@ -66,7 +66,8 @@ def test_two_gloo_processes_keep_identical_weights_and_learn(tmp_path: Path) -> 
     assert ranks[0]["3d_frozen_in_2d_steps"] and ranks[1]["3d_frozen_in_2d_steps"]
     with open(tmp_path / "metrics.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
-    losses = {int(row["step"]): float(row["loss"]) for row in rows}
+    losses = {int(row["step"]): float(row["loss_2d"] or row["loss_3d"]) for row in rows}
+    assert all(bool(row["loss_2d"]) != bool(row["loss_3d"]) for row in rows)
     assert sorted(losses) == list(range(1, 9))
     print("losses by step:", losses)
     # steps 1-2 and 5-6 are 2D, 3-4 and 7-8 3D: each domain's second turn is lower than its first

@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 
 from medssl_sdk import load
 from medssl_train.unimiss import PretrainConfig, pretrain_unimiss
-from medssl_train.unimiss.pretrain import STATE_FILE, build_networks, is_3d_parameter
+from medssl_train.unimiss.pretrain import STATE_FILE
+from medssl_train.unimiss.trainer import build_networks, is_3d_parameter
 from medssl_zoo import MedsslError
 
 #: Small crops the nano MiT takes: 2D 64 x 64, 3D 16 x 32 x 64.

@@ -4,10 +4,12 @@ teacher, DINO heads on the final SSL token, the centred cross-entropy of Eq. 3-6
     from medssl_train.unimiss import PretrainConfig, pretrain_unimiss
 """
 
+from medssl_train.unimiss.config import PretrainConfig
 from medssl_train.unimiss.head import DINOHead, SSLNetwork
 from medssl_train.unimiss.loss import UniMiSSLoss, centred_cross_entropy
-from medssl_train.unimiss.pretrain import PretrainConfig, PretrainResult, pretrain_unimiss
+from medssl_train.unimiss.pretrain import PretrainResult, pretrain_unimiss
 from medssl_train.unimiss.teacher import ema_update
+from medssl_train.unimiss.trainer import UniMiSSTrainer
 
 __all__ = [
     "DINOHead",
@@ -15,6 +17,7 @@ __all__ = [
     "PretrainResult",
     "SSLNetwork",
     "UniMiSSLoss",
+    "UniMiSSTrainer",
     "centred_cross_entropy",
     "ema_update",
     "pretrain_unimiss",

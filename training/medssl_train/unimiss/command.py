@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 from medssl_train.augment import SSLViews
 from medssl_train.datasets import ImageFolder2D, PhantomRadiographs, PhantomVolumes, VolumeFolder
 from medssl_train.distributed import distributed_session
-from medssl_train.unimiss.pretrain import METRICS_FILE, STATE_FILE, PretrainConfig, pretrain_unimiss
+from medssl_train.unimiss.config import PretrainConfig
+from medssl_train.unimiss.pretrain import METRICS_FILE, STATE_FILE, pretrain_unimiss
 from medssl_zoo import ModelCard
 from medssl_zoo.errors import CardError
 from medssl_zoo.registry import get_card

@@ -23,87 +23,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from medssl_train.distributed import DistributedContext, barrier, mean_over_ranks, unwrap, wrap_ddp
-from medssl_train.schedules import WarmupCosine
-from medssl_train.unimiss.head import DINOHead, SSLNetwork
-from medssl_train.unimiss.loss import UniMiSSLoss
+from medssl_train.distributed import DistributedContext, barrier, mean_over_ranks
+from medssl_train.unimiss.config import PretrainConfig
+from medssl_train.unimiss.head import SSLNetwork
 from medssl_train.unimiss.streams import ViewStream
-from medssl_train.unimiss.teacher import ema_update, make_teacher
+from medssl_train.unimiss.trainer import UniMiSSTrainer
 from medssl_zoo import MedsslError, ModelCard, save_checkpoint
 from medssl_zoo.card import WeightsSpec
 from medssl_zoo.files import write_atomically
-from medssl_zoo.layers import branch_key
-from medssl_zoo.registry import build_model
 from medssl_zoo.weights import CONFIG_FILE, WEIGHTS_FILE
 
 STATE_FILE = "training_state.pt"
 METRICS_FILE = "metrics.csv"
-METRICS_COLUMNS = ("step", "domain", "loss", "learning_rate", "weight_decay", "teacher_momentum", "seconds")
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """The recipe's settings; defaults are the paper's and the official ``run.sh``'s.
-
-    ``learning_rate`` is for a total batch of 256 and scales linearly with ``batch_size x world size``
-    (official: 8e-4 x batch / 256). Schedules run over ``steps`` optimiser steps: the learning rate warms up
-    linearly from 0 over ``warmup_steps`` and decays by a cosine to ``min_learning_rate``; the weight decay goes
-    ``weight_decay`` -> ``weight_decay_end`` and the teacher momentum ``teacher_momentum`` -> 1 by cosines.
-    ``interval`` is v, the steps per domain turn. ``clip_grad``: the largest gradient norm of each parameter
-    (0 turns clipping off). ``freeze_last_layer_steps``: steps during which the head's last layer is not
-    updated (official: one epoch). The DINO head: ``out_dim``, ``hidden_dim``, ``bottleneck_dim``.
-    """
-
-    steps: int = 10_000
-    batch_size: int = 4
-    learning_rate: float = 8e-4
-    min_learning_rate: float = 1e-6
-    warmup_steps: int = 500
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    teacher_momentum: float = 0.996
-    teacher_temp: float = 0.04
-    student_temp: float = 0.1
-    centre_momentum: float = 0.9
-    clip_grad: float = 0.3
-    freeze_last_layer_steps: int = 0
-    interval: int = 2
-    out_dim: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    bf16: bool = True
-    seed: int = 0
-    num_workers: int = 0
-    checkpoint_every: int = 1000
-    log_every: int = 10
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "interval", "out_dim", "hidden_dim", "bottleneck_dim", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1; got {getattr(self, name)}")
-        if not 0 <= self.warmup_steps <= self.steps:
-            raise ValueError(f"warmup_steps must be in [0, steps={self.steps}]; got {self.warmup_steps}")
-        if self.learning_rate <= 0 or self.clip_grad < 0 or self.freeze_last_layer_steps < 0 or self.num_workers < 0:
-            raise ValueError("learning_rate must be positive; clip_grad, freeze_last_layer_steps and num_workers not negative")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, object], source: str) -> PretrainConfig:
-        """From a config file's table; an unknown name is an error that lists the known ones."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown pre-training setting(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)  # type: ignore[arg-type]
-
-    def domain_of(self, step: int, domains: tuple[int, ...]) -> int:
-        """The domain (2 or 3) of optimiser step ``step`` (0-based): 2D for ``interval`` steps, then 3D, ... ."""
-        if len(domains) == 1:
-            return domains[0]
-        return (2, 3)[(step // self.interval) % 2]
+#: loss_2d / loss_3d: the mean loss of that domain's steps since the previous row (empty if none).
+METRICS_COLUMNS = ("step", "loss_2d", "loss_3d", "learning_rate", "weight_decay", "teacher_momentum", "seconds")
 
 
 @dataclass(frozen=True)
@@ -119,44 +55,6 @@ class PretrainResult:
     seconds: float
     student: SSLNetwork
     teacher: SSLNetwork
-
-
-def is_3d_parameter(name: str) -> bool:
-    """Whether a parameter belongs to the MiT's 3D branch only (frozen during 2D steps)."""
-    return branch_key(3) in name.split(".")
-
-
-def build_networks(card: ModelCard, config: PretrainConfig) -> tuple[SSLNetwork, SSLNetwork]:
-    """Student (MiT of ``card`` + DINO head, initialised from the current torch seed) and its teacher copy."""
-    backbone = build_model(card)
-    head = DINOHead(backbone.config.decoder_dims[-1], config.out_dim, config.hidden_dim, config.bottleneck_dim)
-    student = SSLNetwork(backbone, head)
-    return student, make_teacher(student)
-
-
-def _parameter_groups(network: nn.Module) -> list[dict[str, object]]:
-    """Weight decay on weights; none on biases and other 1-D parameters (norms), as the official code."""
-    decayed, plain = [], []
-    for name, parameter in network.named_parameters():
-        (plain if name.endswith(".bias") or parameter.ndim == 1 else decayed).append(parameter)
-    return [{"params": decayed}, {"params": plain, "weight_decay": 0.0}]
-
-
-@torch.no_grad()
-def clip_each_gradient(parameters: list[nn.Parameter], max_norm: float) -> None:
-    """Scale each parameter's gradient down to norm ``max_norm`` where it is larger (DINO's ``clip_gradients``)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads or max_norm <= 0:
-        return
-    norms = torch._foreach_norm(grads)
-    scales = [torch.clamp(max_norm / (norm + 1e-6), max=1.0) for norm in norms]
-    torch._foreach_mul_(grads, scales)
-
-
-def _set_3d_trainable(network: nn.Module, trainable: bool) -> None:
-    for name, parameter in network.named_parameters():
-        if is_3d_parameter(name):
-            parameter.requires_grad_(trainable)
 
 
 class _MetricsLog:
@@ -236,18 +134,10 @@ def pretrain_unimiss(
     domains = tuple(d for d, data in ((2, images_2d), (3, volumes_3d)) if data is not None)
     if not domains:
         raise ValueError("UniMiSS pre-training needs 2D images, 3D volumes or both")
-    if card.kwargs.get("task", "embed") != "embed" or card.architecture != "mit":
-        raise ValueError(f"card {card.name!r}: UniMiSS pre-trains a MiT with task 'embed'; got {card.architecture} "
-                         f"task {card.kwargs.get('task')!r}")
     output = Path(output)
     _check_output(output, resume)
 
-    torch.manual_seed(config.seed)
-    student, teacher = build_networks(card, config)
-    student.to(device).train()
-    teacher.to(device).train()
-    criterion = UniMiSSLoss(config.out_dim, config.teacher_temp, config.student_temp, config.centre_momentum).to(device)
-    optimiser = torch.optim.AdamW(_parameter_groups(student), lr=0.0)
+    trainer = UniMiSSTrainer(card, config, context)
     streams = {
         d: ViewStream(data, config.batch_size, context, config.seed, d, config.num_workers, f"{d}D data")
         for d, data in ((2, images_2d), (3, volumes_3d))
@@ -257,84 +147,53 @@ def pretrain_unimiss(
     if resume:
         state = torch.load(output / STATE_FILE, map_location=device, weights_only=True)
         _check_same_recipe(state["config"], config, output / STATE_FILE)
-        student.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        criterion.load_state_dict(state["loss"])
-        optimiser.load_state_dict(state["optimiser"])
+        trainer.load_state_dict(state)
         for d, stream in streams.items():
             stream.load_state_dict(state["streams"][str(d)])
         start = int(state["step"])
-
-    learning_rate = WarmupCosine(config.learning_rate * config.batch_size * context.world_size / 256,
-                                 config.min_learning_rate, config.steps, config.warmup_steps)
-    weight_decay = WarmupCosine(config.weight_decay, config.weight_decay_end, config.steps)
-    momentum = WarmupCosine(config.teacher_momentum, 1.0, config.steps)
-    trained = wrap_ddp(student, context)
-    parameters = list(student.parameters())
     output.mkdir(parents=True, exist_ok=True)
     log = _MetricsLog(output / METRICS_FILE, append=resume) if context.is_main else None
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and config.bf16)
     end = config.steps if stop_after is None else min(config.steps, start + stop_after)
-    window: list[float] = []
+    window: dict[int, list[float]] = {2: [], 3: []}
     last_loss = float("nan")
     began = time.perf_counter()
     with tqdm(total=config.steps, initial=start, disable=not (progress and context.is_main),
               desc=f"UniMiSS pre-training {card.name}", unit="step") as bar:
         for step in range(start, end):
             domain = config.domain_of(step, domains)
-            _set_3d_trainable(student, domain == 3)
             views = streams[domain].next_batch().to(device, non_blocking=True)
-            for group in optimiser.param_groups:
-                group["lr"] = learning_rate(step)
-            optimiser.param_groups[0]["weight_decay"] = weight_decay(step)
-            with autocast:
-                student_out = trained(views, with_slices=domain == 3).float()
-                with torch.no_grad():
-                    teacher_out = teacher(views, with_slices=domain == 3).float()
-            loss = criterion.loss_2d(student_out, teacher_out) if domain == 2 else criterion.loss_3d(student_out, teacher_out)
-            if not torch.isfinite(loss):
-                raise MedsslError(f"the UniMiSS loss became {loss.item()} at step {step} ({domain}D); lower the learning "
-                                  f"rate (now {learning_rate(step):.3g}) or raise warmup_steps")
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_each_gradient(parameters, config.clip_grad)
-            if step < config.freeze_last_layer_steps:
-                student.head.last_layer.weight.grad = None
-            optimiser.step()
-            ema_update(teacher, student, momentum(step))
-            criterion.update_centre(teacher_out)
-            window.append(loss.item())
+            loss = trainer.step(step, domain, views)
+            window[domain].append(loss.item())
             bar.update()
             done = step + 1
             if done % config.log_every == 0 or done == end:
-                last_loss = mean_over_ranks(sum(window) / len(window), context)
-                window.clear()
+                means = {d: mean_over_ranks(sum(losses) / len(losses), context) for d, losses in window.items() if losses}
+                last_loss = means[domain]
+                window = {2: [], 3: []}
                 if log is not None:
-                    log.write((done, f"{domain}d", f"{last_loss:.6f}", f"{learning_rate(step):.4e}",
-                               f"{weight_decay(step):.4f}", f"{momentum(step):.6f}", f"{time.perf_counter() - began:.1f}"))
-                bar.set_postfix(loss=f"{last_loss:.4f}", domain=f"{domain}D")
+                    log.write((done, *(f"{means[d]:.6f}" if d in means else "" for d in (2, 3)),
+                               f"{trainer.learning_rate(step):.4e}",
+                               f"{trainer.weight_decay(step):.4f}", f"{trainer.momentum(step):.6f}",
+                               f"{time.perf_counter() - began:.1f}"))
+                bar.set_postfix({f"loss_{d}d": f"{value:.3f}" for d, value in means.items()})
             if done % config.checkpoint_every == 0 or done == end:
-                _save_state(output, context, done, student, teacher, criterion, optimiser, streams, config)
-    _set_3d_trainable(student, True)
+                _save_state(output, context, done, trainer, streams, config)
     exported = card
     if end == config.steps:
-        exported = _export_teacher(card, teacher, output, context, config, end)
+        exported = _export_teacher(card, trainer.teacher, output, context, config, end)
     barrier(context)
-    return PretrainResult(exported, output, end - start, last_loss, time.perf_counter() - began, student, teacher)
+    return PretrainResult(exported, output, end - start, last_loss, time.perf_counter() - began, trainer.student,
+                          trainer.teacher)
 
 
-def _save_state(output: Path, context: DistributedContext, step: int, student: nn.Module, teacher: nn.Module,
-                criterion: UniMiSSLoss, optimiser: torch.optim.Optimizer, streams: dict[int, ViewStream],
-                config: PretrainConfig) -> None:
+def _save_state(output: Path, context: DistributedContext, step: int, trainer: UniMiSSTrainer,
+                streams: dict[int, ViewStream], config: PretrainConfig) -> None:
     """Rank 0 writes ``training_state.pt`` atomically; every rank waits for it. The streams' positions are the
     same on every rank (equal batches per epoch), so rank 0's describe all."""
     if context.is_main:
         state = {
             "step": step,
-            "student": unwrap(student).state_dict(),
-            "teacher": teacher.state_dict(),
-            "loss": criterion.state_dict(),
-            "optimiser": optimiser.state_dict(),
+            **trainer.state_dict(),
             "streams": {str(d): stream.state_dict() for d, stream in streams.items()},
             "config": dataclasses.asdict(config),
         }
