@@ -16,7 +16,7 @@ from PIL import Image
 
 from medssl_sdk import load
 from medssl_sdk.io import write_nifti
-from medssl_sdk.samples import make_phantom, make_radiograph
+from medssl_sdk.samples import PHANTOM_LABELS, make_phantom, make_radiograph
 from medssl_train.augment import SegmentationAugment
 from medssl_train.cli import main
 from medssl_train.data import PatchSampler
@@ -29,6 +29,25 @@ from medssl_zoo.registry import build_model
 
 SPEC_3D = InputSpec(channels=1, patch_size=(16, 32, 64), spacing=(6.0, 4.0, 4.0),
                     intensity=Intensity("affine", clip=(-1000.0, 1000.0), scale=1000.0))
+#: A nano segmentation card over the phantom organs, trained from random weights.
+PHANTOM_CARD = """name = "phantom-nano"
+[architecture]
+name = "mit"
+[architecture.kwargs]
+variant = "mit7"
+task = "segment"
+num_classes = 7
+encoder_dims = [16, 32, 64, 128]
+encoder_heads = [1, 1, 2, 4]
+decoder_dims = [64, 32, 16]
+decoder_heads = [4, 2, 1]
+stem_channels = 8
+[inputs.3d]
+channels = 1
+patch_size = [16, 32, 64]
+spacing = [6.0, 4.0, 4.0]
+intensity = { kind = "affine", clip = [-1000.0, 1000.0], scale = 1000.0 }
+""" + "".join(f'[[labels]]\nindex = {i}\nname = "{name}"\n' for i, name in enumerate(("background", *PHANTOM_LABELS)))
 SPEC_2D = InputSpec(channels=3, patch_size=(64, 64), intensity=Intensity("unit-range"))
 
 
@@ -137,3 +156,26 @@ def test_run_config_errors_name_the_file_and_key(tmp_path: Path) -> None:
         read_run_config(path)
     config = read_run_config(path, {"init": "unimiss-mit7", "optim.steps": 7, "seed": None})
     assert config.optim.steps == 7 and config.init == "unimiss-mit7" and config.seed == 0
+
+
+def test_segmentation_runs_through_the_cli_on_folders_and_on_phantoms(tmp_path: Path, pretrained: Path) -> None:
+    data = write_segmentation_folder(tmp_path / "train", range(2))
+    write_segmentation_folder(tmp_path / "val", range(5, 6))
+    run = tmp_path / "run.toml"
+    run.write_text(f'task = "segment"\ninit = "{pretrained}"\nclasses = ["background", "organ"]\nbranch = "3d"\n'
+                   f'[data]\ntrain = "{data}"\nvalidation = "{tmp_path / "val"}"\ncache_dir = "{tmp_path / "cache"}"\n'
+                   '[optim]\nbatch_size = 1\nwarmup_steps = 0\n')
+    assert main(["finetune", "--config", str(run), "--output", str(tmp_path / "out"), "--steps", "2", "--quiet"]) == 0
+    model = load(tmp_path / "out", device="cpu")
+    assert model.task == "segment" and [label.name for label in model.card.labels] == ["background", "organ"]
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # the training cases, pre-processed once
+
+    # phantoms and a card trained from scratch: the phantom organs are the classes
+    card_path = tmp_path / "card.toml"
+    card_path.write_text(PHANTOM_CARD)
+    phantom_run = tmp_path / "phantom.toml"
+    phantom_run.write_text(f'task = "segment"\ncard = "{card_path}"\noutput = "{tmp_path / "phantom"}"\n'
+                           '[data]\nkind = "phantom"\ntrain_phantoms = 1\nval_phantoms = 1\naugment = false\n'
+                           '[optim]\nsteps = 2\nbatch_size = 1\nwarmup_steps = 0\n')
+    assert main(["finetune", "--config", str(phantom_run), "--quiet"]) == 0
+    assert load(tmp_path / "phantom", device="cpu").card.name == "phantom-nano"
