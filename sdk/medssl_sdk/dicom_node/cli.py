@@ -17,6 +17,7 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("pynetdicom").setLevel(logging.ERROR)
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
 

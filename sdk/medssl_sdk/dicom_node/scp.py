@@ -2,8 +2,9 @@
 
 - Association requests are refused (A-ASSOCIATE-RJ, transient) while the spool's free space is below the
   watermark; a C-STORE arriving then is answered 0xA700 (out of resources).
-- Presentation contexts are offered for CT and MR Image Storage (and Verification); other SOP classes
-  (reports, presentation states, SEG, ...) are refused at negotiation and the refusal is logged.
+- Presentation contexts are accepted for every storage SOP class (modalities and PACS forwarding rules
+  propose them all) and Verification; a C-STORE of anything but CT or MR Image Storage (reports,
+  presentation states, SEG, ...) is answered 0x0122 (SOP class not supported) and logged.
 - Each instance is written to the spool durably before the success status goes back. A data set that
   cannot be decoded or lacks its UIDs is answered 0xC210 (cannot understand) and logged by its SOP class.
 
@@ -19,7 +20,7 @@ import numpy as np
 from pydicom import uid
 from pydicom.dataset import Dataset
 from pydicom.pixels import get_decoder
-from pynetdicom import AE, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
@@ -45,6 +46,7 @@ CANDIDATE_TRANSFER_SYNTAXES = (
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
+STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 #: A-ASSOCIATE-RJ: rejected-transient (0x02), by the service user (0x01), no reason given (0x01).
 _REJECT_TRANSIENT = (0x02, 0x01, 0x01)
@@ -82,8 +84,8 @@ class StorageSCP:
         self.ae = AE(ae_title=ae_title)
         self.ae.maximum_associations = max_associations
         syntaxes = accepted_transfer_syntaxes()
-        for sop_class in IMAGE_STORAGE_CLASSES:
-            self.ae.add_supported_context(sop_class, syntaxes)
+        for context in AllStoragePresentationContexts:
+            self.ae.add_supported_context(context.abstract_syntax, syntaxes)
         self.ae.add_supported_context(Verification)
         self._server = None
 
@@ -119,13 +121,16 @@ class StorageSCP:
     def _on_accepted(self, event: Event) -> None:
         refused = sorted({uid.UID(context.abstract_syntax).name for context in event.assoc.rejected_contexts})
         if refused:
-            LOG.warning(
-                "association from %s: refused presentation contexts for %s (this node stores only %s)",
-                _calling(event), ", ".join(refused), ", ".join(uid.UID(sop).name for sop in IMAGE_STORAGE_CLASSES),
-            )
+            LOG.info("association from %s: refused presentation contexts for %s", _calling(event), ", ".join(refused))
 
     def _on_store(self, event: Event) -> int:
         sop_class = uid.UID(event.request.AffectedSOPClassUID).name
+        if event.request.AffectedSOPClassUID not in IMAGE_STORAGE_CLASSES:
+            LOG.warning(
+                "rejected a %s from %s: not an image SOP class this node processes (it stores %s)",
+                sop_class, _calling(event), ", ".join(uid.UID(sop).name for sop in IMAGE_STORAGE_CLASSES),
+            )
+            return STATUS_SOP_CLASS_NOT_SUPPORTED
         if self.disk_is_low():
             LOG.warning("C-STORE of a %s from %s answered out of resources: spool below its watermark", sop_class, _calling(event))
             return STATUS_OUT_OF_RESOURCES

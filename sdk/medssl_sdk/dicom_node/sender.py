@@ -49,8 +49,9 @@ def send_file(path: Path, destination: Destination, calling_ae_title: str) -> in
     where = destination.describe()
     association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not association.is_established:
-        state = "rejected" if association.is_rejected else "aborted" if association.is_aborted else "not established"
-        raise SendError(f"association with {where} {state}")
+        if association.is_rejected:
+            raise SendError(f"{where} rejected the association")
+        raise SendError(f"no association with {where} (connection refused, timed out or aborted)")
     try:
         status = association.send_c_store(dataset)
     finally:

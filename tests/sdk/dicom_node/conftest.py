@@ -21,13 +21,13 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
     pacs.stop()
 
 
-def node_config_text(spool: Path, port: int, destination: str, **sections: dict[str, object]) -> str:
+def node_config_text(spool: Path, port: int, peer: str, **sections: dict[str, object]) -> str:
     """A TOML config for a test node: phantom-mit-nano on CPU, a 1 s quiet period, at least 8 slices."""
     values: dict[str, dict[str, object]] = {
         "node": {"ae_title": "MEDSSL", "host": "127.0.0.1", "port": port, "spool_dir": str(spool), "quiet_period_s": 1.0,
                  "min_free_mb": 1.0},
         "model": {"name": "phantom-mit-nano", "devices": ["cpu"]},
-        "destination": dict(zip(("ae_title", "host", "port"), _split_destination(destination)))
+        "destination": dict(zip(("ae_title", "host", "port"), _split_destination(peer)))
         | {"backoff_initial_s": 0.5, "backoff_max_s": 2.0, "timeout_s": 10.0},
         "selection": {"modalities": ["CT"], "min_slices": 8},
     }
@@ -56,13 +56,13 @@ def _toml(value: object) -> str:
 
 @pytest.fixture
 def make_node(tmp_path: Path) -> Iterator[NodeFactory]:
-    """``make_node(destination, **sections)`` -> a NodeProcess (not started) with its spool and log in tmp_path."""
+    """``make_node("AE@host:port", **sections)`` -> a NodeProcess (not started) with its spool and log in tmp_path."""
     nodes: list[NodeProcess] = []
 
-    def make(destination: str, name: str = "node", **sections: dict[str, object]) -> NodeProcess:
+    def make(peer: str, name: str = "node", **sections: dict[str, object]) -> NodeProcess:
         port = free_port()
         config = tmp_path / f"{name}.toml"
-        config.write_text(node_config_text(tmp_path / f"{name}-spool", port, destination, **sections))
+        config.write_text(node_config_text(tmp_path / f"{name}-spool", port, peer, **sections))
         node = NodeProcess(config, tmp_path / f"{name}.log", port)
         nodes.append(node)
         return node

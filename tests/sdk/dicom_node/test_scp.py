@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from peers import echoscu, free_port
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import BasicTextSRStorage, CTImageStorage
 from studies import write_dicom_series
 
-from medssl_sdk.dicom_node.scp import STATUS_CANNOT_UNDERSTAND, StorageSCP
+from medssl_sdk.dicom_node.scp import STATUS_CANNOT_UNDERSTAND, STATUS_SOP_CLASS_NOT_SUPPORTED, StorageSCP
 from medssl_sdk.dicom_node.spool import Spool
 from medssl_sdk.volume import Volume
 
@@ -64,15 +65,19 @@ def test_echo_and_store_land_in_the_spool(running, ct_files: list[Path]) -> None
         assert path.read_bytes()[128:] == by_uid[path.stem].read_bytes()[128:] or dcmread(path) == dcmread(by_uid[path.stem])
 
 
-def test_non_image_sop_classes_are_refused_and_logged(running, caplog: pytest.LogCaptureFixture) -> None:
-    _, port, _ = running
+def test_non_image_sop_classes_are_refused_and_logged(running, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    scp, port, received = running
+    report = Dataset()
+    report.SOPClassUID, report.SOPInstanceUID = BasicTextSRStorage, generate_uid()
+    report.StudyInstanceUID, report.SeriesInstanceUID, report.Modality = generate_uid(), generate_uid(), "SR"
+    report.file_meta = FileMetaDataset()
+    report.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     with caplog.at_level(logging.WARNING, logger="medssl.dicom_node.scp"):
         association = associate(port, CTImageStorage, BasicTextSRStorage)
-        assert association.is_established
-        refused = [context.abstract_syntax for context in association.rejected_contexts]
+        status = association.send_c_store(report).Status
         association.release()
-    assert refused == [BasicTextSRStorage]
-    assert "refused presentation contexts for Basic Text SR Storage (this node stores only CT Image Storage" in caplog.text
+    assert status == STATUS_SOP_CLASS_NOT_SUPPORTED and received == [] and scp.spool.studies() == []
+    assert "rejected a Basic Text SR Storage from MODALITY@127.0.0.1: not an image SOP class this node processes" in caplog.text
 
 
 def test_undecodable_or_incomplete_data_sets_are_answered_cannot_understand(

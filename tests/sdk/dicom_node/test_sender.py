@@ -92,4 +92,4 @@ def test_an_unreachable_peer_fails_the_job_after_max_attempts(spool_and_jobs: tu
         stopping.set()
         sender.join()
     assert job.send_attempts == 2
-    assert job.reason.startswith(f"sending to PACS@127.0.0.1:{destination.port} failed: association with")
+    assert job.reason.startswith(f"sending to PACS@127.0.0.1:{destination.port} failed: no association with")
