@@ -98,7 +98,7 @@ def build_upload_folder(directory: Path | str, target: Path | str, repo_id: str,
     card = verify_checkpoint(directory)
     if any(target.iterdir()):
         raise MedsslError(f"{target}: the upload folder must start empty")
-    card = card.with_weights(dataclasses.replace(card.weights, repo_id=repo_id, revision=revision))
+    card = card.with_weights(dataclasses.replace(card.weights, file=WEIGHTS_FILE, repo_id=repo_id, revision=revision))
     config = {"format": FORMAT, "format_version": FORMAT_VERSION, "card": card.to_dict()}
     (target / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     _link_or_copy(directory / card.weights.file, target / WEIGHTS_FILE)

@@ -130,6 +130,7 @@ log_every = 2
     assert set(probabilities) == {"sideways", "upright"} and sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     record = json.loads((output / "training.json").read_text())
     assert record["config"]["optim"]["steps"] == 4 and record["config"]["output"] == str(output)
+    assert record["command"] == f"medssl-train finetune --config {run} --output {output} --steps 4 --validate-every 2"
     assert record["datasets"] == ["synthetic/radiographs"] and 0.0 <= record["best_metrics"]["accuracy"] <= 1.0
     with open(output / "metrics.csv", newline="") as stream:
         assert [row["accuracy"] != "" for row in csv.DictReader(stream)] == [True, True]

@@ -15,7 +15,6 @@ import argparse
 import dataclasses
 import json
 import shlex
-import sys
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -285,7 +284,10 @@ _FLAG_KEYS = {
 
 def _run_command(args: argparse.Namespace) -> int:
     config = read_run_config(args.config, {key: getattr(args, flag) for flag, key in _FLAG_KEYS.items()})
-    command = shlex.join(["medssl-train", *sys.argv[1:]]) if sys.argv[1:2] == ["finetune"] else ""
+    given = [(flag, getattr(args, flag)) for flag in _FLAG_KEYS if getattr(args, flag) is not None]
+    words = ["medssl-train", "finetune", *(["--config", str(args.config)] if args.config else [])]
+    words += [word for flag, value in given for word in ("--" + flag.replace("_", "-"), str(value))]
+    command = shlex.join(words)
     say = (lambda *_: None) if args.quiet else print
     say(f"fine-tuning ({config.task}) into {config.output}: {json.dumps(config.raw)}")
     result = run_finetune(config, command=command, progress=not args.quiet, overwrite=args.overwrite)
