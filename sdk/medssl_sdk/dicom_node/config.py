@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,8 @@ _SECTIONS: dict[str, tuple[type, str | None]] = {
 #: Keys of NodeConfig read from each of its two sections.
 _NODE_KEYS = {"ae_title", "host", "port", "spool_dir", "min_free_mb", "quiet_period_s", "max_associations", "log_level"}
 _MODEL_KEYS = {"name", "weights", "devices", "series_number", "series_description"}
+#: Command-line flags whose name is not ``--`` + the field name with dashes.
+_FLAG_NAMES = {"quiet_period_s": "--quiet-period", "devices": "--device"}
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> NodeConfig:
@@ -133,19 +136,31 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
                 nested[section][key] = value
             else:
                 values["model" if (section, key) == ("model", "name") else key] = value
+    flags: dict[tuple[str, str], str] = {}  # (section, key) -> the flag that set it
     for key, value in (overrides or {}).items():
         if value is None:
             continue
         if key == "destination":
-            nested["destination"].update(parse_destination(value))
+            parsed = parse_destination(value)
+            nested["destination"].update(parsed)
+            flags.update({("destination", name): "--destination" for name in parsed})
         else:
             values[key] = value
+            flags[(_section_of(key), _file_key(key))] = _FLAG_NAMES.get(key, "--" + key.replace("_", "-"))
+
+    def where(section: str, key: str) -> str:
+        return f"command line: {flags[(section, key)]}" if (section, key) in flags else f"{source}: [{section}] {key}"
+
     config = NodeConfig(
-        **{key: _coerce(source, _section_of(key), key, value, NodeConfig) for key, value in values.items()},
-        destination=Destination(**{k: _coerce(source, "destination", k, v, Destination) for k, v in nested["destination"].items()}),
-        selection=SelectionRules(**{k: _coerce(source, "selection", k, v, SelectionRules) for k, v in nested["selection"].items()}),
+        **{key: _coerce(where(_section_of(key), _file_key(key)), value, NodeConfig, key) for key, value in values.items()},
+        destination=Destination(
+            **{key: _coerce(where("destination", key), value, Destination, key) for key, value in nested["destination"].items()}
+        ),
+        selection=SelectionRules(
+            **{key: _coerce(where("selection", key), value, SelectionRules, key) for key, value in nested["selection"].items()}
+        ),
     )
-    _check(config, source)
+    _check(config, where)
     return config
 
 
@@ -171,10 +186,14 @@ def _section_of(key: str) -> str:
     return "model" if key in _MODEL_KEYS | {"model"} else "node"
 
 
-def _coerce(source: str, section: str, key: str, value: Any, owner: type) -> Any:
-    """``value`` converted to the type of ``owner``'s field ``key``; a ConfigError naming file, section and key otherwise."""
+def _file_key(key: str) -> str:
+    """The config file's name for a NodeConfig field (``[model] name`` holds ``model``)."""
+    return "name" if key == "model" else key
+
+
+def _coerce(where: str, value: Any, owner: type, key: str) -> Any:
+    """``value`` converted to the type of ``owner``'s field ``key``; a ConfigError naming ``where`` otherwise."""
     default = {f.name: f for f in fields(owner)}[key].default
-    where = f"{source}: [{section}] {'name' if (section, key) == ('model', 'model') else key}"
     if isinstance(default, bool) or isinstance(value, bool):
         raise ConfigError(f"{where}: expected a {type(default).__name__}; got {value!r}")
     if isinstance(default, tuple):
@@ -195,11 +214,11 @@ def _coerce(source: str, section: str, key: str, value: Any, owner: type) -> Any
     return float(value) if isinstance(default, float) else value
 
 
-def _check(config: NodeConfig, source: str) -> None:
-    """Range checks that need more than a type."""
+def _check(config: NodeConfig, where: Callable[[str, str], str]) -> None:
+    """Range checks that need more than a type; ``where(section, key)`` names the value's origin."""
 
     def fail(section: str, key: str, message: str) -> None:
-        raise ConfigError(f"{source}: [{section}] {key}: {message}")
+        raise ConfigError(f"{where(section, key)}: {message}")
 
     if not config.model:
         fail("model", "name", "required: a zoo name (`medssl zoo list`) or a checkpoint directory (flag --model)")

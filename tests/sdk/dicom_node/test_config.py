@@ -78,3 +78,14 @@ def test_missing_file_and_bad_destination_flag(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.toml")
     with pytest.raises(ConfigError, match=r"AE@host:port"):
         parse_destination("PACS:104")
+
+
+def test_the_command_line_reports_a_config_error_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medssl_sdk.cli import main
+
+    path = write(tmp_path, '[model]\nname = "phantom-mit-nano"\n[destination]\nport = 70000\n')
+    assert main(["serve-dicom", "--config", str(path)]) == 1
+    error = capsys.readouterr().err
+    assert error.strip() == f"medssl: error: {path}: [destination] port: must be in 1-65535; got 70000"
+    assert main(["serve-dicom", "--config", str(path), "--destination", "PACS@127.0.0.1:104", "--port", "0"]) == 1
+    assert "medssl: error: command line: --port: must be in 1-65535; got 0" in capsys.readouterr().err
