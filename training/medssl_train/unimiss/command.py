@@ -30,7 +30,7 @@ from medssl_zoo.weights import CONFIG_FILE, WEIGHTS_FILE
 #: Settings of the run that are not part of the recipe, with their defaults.
 RUN_DEFAULTS: dict[str, object] = {
     "card": "unimiss-mit7", "volumes": None, "images": None, "phantoms": 0, "crop_2d": None, "crop_3d": None,
-    "cache_dir": None, "device": None, "quiet": False, "resume": False,
+    "cache_dir": None, "device": None, "quiet": False, "resume": False, "output": None,
 }
 RECIPE_FIELDS = {field.name: field for field in dataclasses.fields(PretrainConfig)}
 
@@ -46,7 +46,7 @@ def add_parser(pretrain_commands: argparse._SubParsersAction) -> None:
         "processes. Defaults are the paper's; a --config TOML file sets any option, flags win over it.",
     )
     command.add_argument("--config", type=Path, help="TOML file with any of the options below (underscored names)")
-    command.add_argument("--output", type=Path, required=True, help="run directory")
+    command.add_argument("--output", type=Path, help="run directory (or 'output' in the config file)")
     command.add_argument("--resume", action="store_true", default=None, help=f"continue from OUTPUT/{STATE_FILE}")
     command.add_argument("--card", help="zoo name or card TOML of an 'embed' MiT (default unimiss-mit7)")
     command.add_argument("--volumes", type=Path, help="folder of NIfTI files / DICOM series (3D views)")
@@ -120,6 +120,9 @@ def _datasets(card: ModelCard, settings: dict[str, object]) -> tuple[Dataset | N
 
 def run_command(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    if settings["output"] is None:
+        raise ValueError("no run directory: give --output DIR (or output = \"DIR\" in the config file)")
+    output = Path(str(settings["output"]))
     config = PretrainConfig.from_dict({k: v for k, v in settings.items() if k in RECIPE_FIELDS}, str(args.config or "flags"))
     card = _card(str(settings["card"]))
     with distributed_session(settings["device"]) as context:  # type: ignore[arg-type]
@@ -127,10 +130,10 @@ def run_command(args: argparse.Namespace) -> int:
         say = print if context.is_main and not settings["quiet"] else (lambda *_: None)
         sizes = ", ".join(f"{len(data)} {what}" for what, data in (("2D images", images), ("3D volumes", volumes)) if data)
         say(f"UniMiSS pre-training of {card.name} on {sizes}; {context.world_size} process(es) on {context.device.type}")
-        result = pretrain_unimiss(card, images, volumes, args.output, config, context=context,
+        result = pretrain_unimiss(card, images, volumes, output, config, context=context,
                                   resume=bool(settings["resume"]), progress=not settings["quiet"])
         if context.is_main:
             print(f"{result.steps_run} steps in {result.seconds:.0f} s, last loss {result.final_loss:.4f}; "
-                  f"wrote {args.output / CONFIG_FILE} + {WEIGHTS_FILE} (sha256 {result.card.weights.sha256}), "
+                  f"wrote {output / CONFIG_FILE} + {WEIGHTS_FILE} (sha256 {result.card.weights.sha256}), "
                   f"{METRICS_FILE}, {STATE_FILE}")
     return 0
