@@ -57,8 +57,9 @@ def init_distributed(device: str | torch.device | None = None) -> DistributedCon
     """Join the process group torchrun describes (env:// rendezvous), or describe a single process.
 
     Args:
-        device: ``"cpu"``, ``"cuda"`` or None (CUDA when available). On CUDA each process takes
-            ``cuda:LOCAL_RANK`` and the NCCL backend; on CPU the gloo backend.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or None (CUDA when available). Under torchrun each CUDA
+            process takes ``cuda:LOCAL_RANK`` and the NCCL backend, CPU processes the gloo backend; a single
+            process keeps the index it was given.
     """
     world_size, rank, local_rank = _env_int("WORLD_SIZE", 1), _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     kind = torch.device(device).type if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -68,8 +69,10 @@ def init_distributed(device: str | torch.device | None = None) -> DistributedCon
         if local_rank >= torch.cuda.device_count():
             raise ValueError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s) on this node; "
                              "lower --nproc-per-node")
-        torch.cuda.set_device(local_rank)
-        placed = torch.device("cuda", local_rank)
+        asked = torch.device(device) if device is not None else torch.device("cuda")
+        index = local_rank if world_size > 1 or asked.index is None else asked.index
+        torch.cuda.set_device(index)
+        placed = torch.device("cuda", index)
     else:
         placed = torch.device(kind)
     context = DistributedContext(rank, world_size, local_rank, placed)
