@@ -12,7 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+from medssl_train.distributed import distributed_session, init_distributed, mean_over_ranks, unwrap, wrap_ddp
 
 RECIPE = dict(steps=8, batch_size=2, out_dim=256, hidden_dim=64, bottleneck_dim=32, warmup_steps=2, learning_rate=0.5,
               log_every=1, checkpoint_every=4)
@@ -74,6 +77,19 @@ def test_two_gloo_processes_keep_identical_weights_and_learn(tmp_path: Path) -> 
     assert losses[5] + losses[6] < losses[1] + losses[2]
     assert losses[7] + losses[8] < losses[3] + losses[4]
     assert (tmp_path / "model.safetensors").is_file() and not (tmp_path / "rank1").exists()
+
+
+def test_without_torchrun_it_is_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with distributed_session("cpu") as context:
+        assert (context.rank, context.world_size, context.is_main, context.is_distributed) == (0, 1, True, False)
+        module = torch.nn.Linear(2, 2)
+        assert wrap_ddp(module, context) is module and unwrap(module) is module
+        assert mean_over_ranks(3.5, context) == 3.5
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE"):
+        init_distributed("cpu")
 
 
 if __name__ == "__main__":

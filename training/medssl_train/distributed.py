@@ -84,11 +84,19 @@ def init_distributed(device: str | torch.device | None = None) -> DistributedCon
     return context
 
 
+#: The handler :func:`configure_logging` puts on the ``medssl_train`` logger (one, however often it is called).
+_RANK_HANDLER = logging.StreamHandler()
+
+
 def configure_logging(context: DistributedContext) -> None:
-    """INFO on rank 0, WARNING elsewhere; every line names its rank when distributed."""
+    """The ``medssl_train`` loggers: INFO on rank 0, WARNING elsewhere; every line names its rank when
+    distributed. The root logger (and so other libraries' and pytest's handlers) is left alone."""
     prefix = f"[rank {context.rank}] " if context.is_distributed else ""
-    logging.basicConfig(format=f"{prefix}%(levelname)s %(name)s: %(message)s", force=True,
-                        level=logging.INFO if context.is_main else logging.WARNING)
+    _RANK_HANDLER.setFormatter(logging.Formatter(f"{prefix}%(levelname)s %(name)s: %(message)s"))
+    package = logging.getLogger("medssl_train")
+    package.setLevel(logging.INFO if context.is_main else logging.WARNING)
+    if _RANK_HANDLER not in package.handlers:
+        package.addHandler(_RANK_HANDLER)
 
 
 def teardown(context: DistributedContext) -> None:
