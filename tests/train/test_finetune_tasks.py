@@ -179,4 +179,5 @@ def test_segmentation_runs_through_the_cli_on_folders_and_on_phantoms(tmp_path: 
                            '[data]\nkind = "phantom"\ntrain_phantoms = 1\nval_phantoms = 1\naugment = false\n'
                            '[optim]\nsteps = 2\nbatch_size = 1\nwarmup_steps = 0\n')
     assert main(["finetune", "--config", str(phantom_run), "--quiet"]) == 0
-    assert load(tmp_path / "phantom", device="cpu").card.name == "phantom-nano"
+    card = load(tmp_path / "phantom", device="cpu").card
+    assert card.name == "phantom-nano" and card.weights.repo_id is None and "from the card card.toml" in card.weights.note

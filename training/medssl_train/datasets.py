@@ -64,7 +64,7 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
 
 @dataclass(frozen=True)
 class ImageSource:
-    """One image of a folder: a file, or a DICOM folder (with the series to read); ``name`` for messages and pairing."""
+    """One image of a folder: a file, or a DICOM folder (with the series to read); ``name`` for messages."""
 
     path: Path
     series_uid: str | None = None

@@ -38,6 +38,7 @@ from medssl_train.finetune import (
     task_card,
 )
 from medssl_zoo import ModelCard
+from medssl_zoo.card import WeightsSpec
 from medssl_zoo.errors import CardError
 from medssl_zoo.files import write_atomically
 from medssl_zoo.registry import build_model
@@ -211,6 +212,9 @@ def _starting_point(config: RunConfig, classes: tuple[str, ...] | None) -> tuple
         if card.kwargs.get("task") != config.task or (classes is not None and names != classes):
             raise CardError(f"{config.card}: the card is a {card.kwargs.get('task')!r} model over {list(names)}; "
                             f"the run asks for {config.task!r} over {list(classes or names)}")
+        # new weights: the card's published ones (repository, sha256, note) do not describe them
+        card = dataclasses.replace(card, name=config.name or card.name,
+                                   weights=WeightsSpec(note=f"trained by medssl-train finetune from the card {config.card.name}"))
         return card, build_model(card)
     pretrained = load(config.init, device="cpu")
     if classes is None:  # classification: the class folders, sorted
