@@ -21,7 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from medssl_sdk.dicom_node.spool import Spool, check_uid, write_durably
+from medssl_sdk.dicom_node.spool import Spool, check_uid, finished_files, write_durably
 from medssl_zoo import MedsslError
 
 
@@ -121,7 +121,7 @@ class JobStore:
 
     def all(self) -> list[Job]:
         """Every job in the spool, by study UID."""
-        return [self._read(path) for path in sorted(self.folder.glob("*.json"))]
+        return [self._read(path) for path in finished_files(self.folder, "*.json")]
 
     def _write(self, job: Job) -> None:
         record = asdict(job)

@@ -15,6 +15,7 @@ import numpy as np
 import pydicom
 
 from medssl_sdk.dicom_node.config import SelectionRules
+from medssl_sdk.dicom_node.spool import finished_files
 
 #: ``ORIENTATIONS`` name per patient axis (x: sagittal normal, y: coronal, z: axial).
 _PLANE_BY_AXIS = ("sagittal", "coronal", "axial")
@@ -49,7 +50,7 @@ def slice_plane(orientation: list[float]) -> str:
 def series_problem(folder: Path, rules: SelectionRules) -> tuple[str | None, int]:
     """Why the series in ``folder`` is not eligible (None if it is), and its image count."""
     headers = []
-    for path in sorted(folder.glob("*.dcm")):
+    for path in finished_files(folder, "*.dcm"):
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception as error:  # pydicom raises many types for damaged files

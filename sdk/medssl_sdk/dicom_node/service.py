@@ -19,7 +19,7 @@ from medssl_sdk.dicom_node.config import NodeConfig
 from medssl_sdk.dicom_node.jobs import Job, JobState, JobStore
 from medssl_sdk.dicom_node.scp import StorageSCP
 from medssl_sdk.dicom_node.sender import ResultSender
-from medssl_sdk.dicom_node.spool import Spool
+from medssl_sdk.dicom_node.spool import Spool, finished_files
 from medssl_sdk.dicom_node.worker import InferenceWorker
 from medssl_sdk.model import Model
 
@@ -147,7 +147,7 @@ class DicomNode:
                         closed.append(self.jobs.advance(job, JobState.COMPLETE))
             for job in closed:
                 folders = self.spool.series_folders(job.study_uid)
-                images = sum(len(list(folder.glob("*.dcm"))) for folder in folders)
+                images = sum(len(finished_files(folder, "*.dcm")) for folder in folders)
                 LOG.info("study %s: complete (%d series, %d instances)", job.study_uid, len(folders), images)
                 self.inference_queue.put(job.study_uid)
 

@@ -37,6 +37,11 @@ def check_uid(value: object, keyword: str) -> str:
     return text
 
 
+def finished_files(folder: Path, pattern: str) -> list[Path]:
+    """Files in ``folder`` matching ``pattern``, sorted, without the hidden temporaries of writes in progress."""
+    return sorted(path for path in folder.glob(pattern) if not path.name.startswith("."))
+
+
 def fsync_directory(directory: Path) -> None:
     """Make a rename or a new entry in ``directory`` durable."""
     handle = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)

@@ -89,3 +89,13 @@ def test_the_command_line_reports_a_config_error_in_one_line(tmp_path: Path, cap
     assert error.strip() == f"medssl: error: {path}: [destination] port: must be in 1-65535; got 70000"
     assert main(["serve-dicom", "--config", str(path), "--destination", "PACS@127.0.0.1:104", "--port", "0"]) == 1
     assert "medssl: error: command line: --port: must be in 1-65535; got 0" in capsys.readouterr().err
+
+
+def test_auto_devices_give_one_worker_per_gpu_or_one_on_cpu() -> None:
+    import torch
+
+    from medssl_sdk.dicom_node.service import worker_devices
+
+    gpus = [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    assert worker_devices(["auto"]) == (gpus or ["cpu"])
+    assert worker_devices(["cpu", "cuda:1"]) == ["cpu", "cuda:1"]

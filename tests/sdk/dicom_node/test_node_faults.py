@@ -16,6 +16,8 @@ from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 from studies import Study, write_study
 
+from medssl_sdk.dicom_node.spool import finished_files
+
 
 def job_of(spool: Path, study: Study) -> dict:
     path = spool / "jobs" / f"{study.study_uid}.json"
@@ -28,9 +30,9 @@ def test_sigkill_mid_study_then_restart_completes_it_once(orthanc: Orthanc, make
     spool = tmp_path / "node-spool"
     series = spool / "incoming" / study.study_uid / study.series_uid
     sender = storescu(node.port, study.folder, background=True)
-    wait_until(lambda: series.is_dir() and len(list(series.glob("*.dcm"))) >= 10, 60, "the first instances", 0.005)
+    wait_until(lambda: series.is_dir() and len(finished_files(series, "*.dcm")) >= 10, 60, "the first instances", 0.005)
     node.kill()
-    received_before_kill = len(list(series.glob("*.dcm")))
+    received_before_kill = len(finished_files(series, "*.dcm"))
     sender.communicate(timeout=60)
     assert received_before_kill < 96, "the study finished arriving before the kill; the test did not kill mid-study"
     assert sender.returncode != 0, "storescu should see the association die"
@@ -41,7 +43,7 @@ def test_sigkill_mid_study_then_restart_completes_it_once(orthanc: Orthanc, make
     assert sent.returncode == 0, sent.stdout + sent.stderr
     wait_until(lambda: job_of(spool, study).get("state") == "sent", 120, "the study to be sent after the restart")
     job = job_of(spool, study)
-    assert len(list(series.glob("*.dcm"))) == 96 and not list(spool.rglob(".*tmp*"))
+    assert len(finished_files(series, "*.dcm")) == 96 and not list(spool.rglob(".*tmp*"))
     assert [state for state, _ in job["history"]] == ["received", "complete", "selected", "inferred", "sent"]
     assert len(orthanc.seg_instances(study.study_uid)) == 1
     assert orthanc.store_count(job["seg_sop_instance_uid"]) == 1

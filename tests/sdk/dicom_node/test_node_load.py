@@ -9,6 +9,8 @@ from pathlib import Path
 from peers import Orthanc, storescu, wait_until
 from studies import SMALL_SHAPE, write_study
 
+from medssl_sdk.dicom_node.spool import finished_files
+
 STUDIES, ASSOCIATIONS = 20, 5
 
 
@@ -25,11 +27,11 @@ def test_twenty_studies_over_five_concurrent_associations(orthanc: Orthanc, make
     jobs = tmp_path / "node-spool" / "jobs"
 
     def states() -> list[str]:
-        return [json.loads(path.read_text())["state"] for path in jobs.glob("*.json")]
+        return [json.loads(path.read_text())["state"] for path in finished_files(jobs, "*.json")]
 
     wait_until(lambda: len(states()) == STUDIES and set(states()) == {"sent"}, 300, f"{STUDIES} studies sent")
     for study in studies:
-        received = list((tmp_path / "node-spool" / "incoming" / study.study_uid / study.series_uid).glob("*.dcm"))
+        received = finished_files(tmp_path / "node-spool" / "incoming" / study.study_uid / study.series_uid, "*.dcm")
         assert len(received) == SMALL_SHAPE[0], f"study {study.study_uid}: {len(received)} of {SMALL_SHAPE[0]} instances"
         job = json.loads((jobs / f"{study.study_uid}.json").read_text())
         assert job["send_attempts"] == 1
