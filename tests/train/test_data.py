@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from medssl_sdk.preprocess import reorient
 from medssl_sdk.samples import make_phantom
+from medssl_sdk.volume import Volume
 from medssl_train.data import PatchSampler, PreparedCase, jittered_grid, prepare_case, prepare_phantoms
 from medssl_train.finetune import FinetuneConfig
 from medssl_zoo.card import InputSpec, Intensity
@@ -62,3 +65,16 @@ def test_learning_rate_warms_up_then_follows_the_schedule() -> None:
     assert {constant.learning_rate_factor(step) for step in range(100)} == {1.0}
     with pytest.raises(ValueError, match="schedule"):
         FinetuneConfig(schedule="linear")
+
+
+def test_a_label_map_stored_in_another_axis_layout_is_aligned_and_one_off_the_grid_refused() -> None:
+    image, labels = make_phantom(5, shape=(20, 40, 36), spacing=(6.0, 3.0, 3.0))
+    expected = prepare_case(image, labels, SPEC)
+    relaid = reorient(labels, "LIP")  # same voxels in space, other array order and directions
+    assert relaid.shape != labels.shape
+    assert torch.equal(prepare_case(image, relaid, SPEC).labels, expected.labels)
+    shifted = Volume(labels.array, labels.affine + np.pad([[0, 0, 0, 4.5]], ((0, 3), (0, 0))), labels.metadata)
+    with pytest.raises(ValueError, match="another grid than its image"):
+        prepare_case(image, shifted, SPEC)
+    with pytest.raises(ValueError, match="label map shape"):
+        prepare_case(image, Volume(labels.array[:-1], labels.affine, labels.metadata), SPEC)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import nibabel.orientations as orientations
 import numpy as np
 import torch
 
@@ -48,16 +49,38 @@ class PreparedCase:
     name: str
 
 
+#: Largest difference between the affines of a 3D image and its label map, as a fraction of the smallest voxel size.
+GRID_TOLERANCE = 0.05
+
+
 def prepare_case(image: Volume, labels: Volume, spec: InputSpec) -> PreparedCase:
-    """Pre-process ``image`` for ``spec`` and bring ``labels`` (same geometry) onto its grid: the same
-    reorientation, then nearest-neighbour resampling."""
-    if image.shape != labels.shape:
-        raise ValueError(f"{labels.source}: label map shape {labels.shape} differs from the image's {image.shape}")
+    """Pre-process ``image`` for ``spec`` and bring ``labels`` onto its grid: the same reorientation, then
+    nearest-neighbour resampling.
+
+    A 3D label map may store its voxels in another axis order or direction than the image (e.g. a DICOM
+    series with a NIfTI label map from another tool): it is first flipped/permuted into the image's layout by
+    the two affines, which must then agree (same grid); a 2D label map must have the image's shape.
+    """
+    labels = _in_image_layout(labels, image)
     prepared = prepare(image, spec)
     labels = reorient(labels, spec.orientation)  # the layout prepare() gave the image
     label_grid = torch.from_numpy(np.ascontiguousarray(labels.array, dtype=np.float32))[None, None]
     resampled = resample(label_grid, prepared.tensor.shape[1:], mode="nearest")[0, 0].to(torch.uint8)
     return PreparedCase(prepared.tensor, resampled, image.source)
+
+
+def _in_image_layout(labels: Volume, image: Volume) -> Volume:
+    if labels.ndim == 3 and image.ndim == 3:
+        labels = reorient(labels, "".join(orientations.aff2axcodes(image.affine)))
+    if image.shape != labels.shape:
+        raise ValueError(f"{labels.source}: label map shape {labels.shape} differs from the image's {image.shape} "
+                         f"({image.source}); a label map must be drawn on its image's grid")
+    if image.ndim == 3:
+        difference = float(np.abs(labels.affine - image.affine).max())
+        if difference > GRID_TOLERANCE * min(image.spacing):
+            raise ValueError(f"{labels.source}: the label map lies on another grid than its image {image.source} (their "
+                             f"affines differ by up to {difference:.3g} mm); resample it onto the image's grid first")
+    return labels
 
 
 def jittered_grid(seed: int, spacing: Sequence[float]) -> tuple[tuple[int, ...], tuple[float, ...]]:
