@@ -71,6 +71,8 @@ def test_resume_takes_the_same_next_steps_as_an_uninterrupted_run(tmp_path: Path
     straight = run(tmp_path / "straight", config)
     interrupted = run(tmp_path / "resumed", config, stop_after=3)  # stops inside the 3D turn (steps 2, 3)
     assert interrupted.steps_run == 3 and not (tmp_path / "resumed" / "model.safetensors").exists()
+    with open(tmp_path / "resumed" / "metrics.csv", "a") as stream:  # logged after the checkpoint, then a crash
+        stream.write("4,,9.9,0,0,0,0\n")
     resumed = run(tmp_path / "resumed", config, resume=True)
     assert resumed.steps_run == 2
     for name in ("student", "teacher"):

@@ -58,13 +58,17 @@ class PretrainResult:
 
 
 class _MetricsLog:
-    """``metrics.csv`` (rank 0): one row per ``log_every`` steps; kept and appended to on resume."""
+    """``metrics.csv`` (rank 0): one row per ``log_every`` steps. On resume from step ``resumed_at`` the rows up
+    to that step are kept and later ones (logged after the last checkpoint of an interrupted run) dropped."""
 
-    def __init__(self, path: Path, append: bool) -> None:
+    def __init__(self, path: Path, resumed_at: int | None) -> None:
         self.path = path
-        if not (append and path.exists()):
-            with open(path, "w", newline="") as stream:
-                csv.writer(stream).writerow(METRICS_COLUMNS)
+        rows: list[list[str]] = []
+        if resumed_at is not None and path.exists():
+            with open(path, newline="") as stream:
+                rows = [row for row in list(csv.reader(stream))[1:] if row and int(row[0]) <= resumed_at]
+        with open(path, "w", newline="") as stream:
+            csv.writer(stream).writerows([METRICS_COLUMNS, *rows])
 
     def write(self, row: tuple[object, ...]) -> None:
         with open(self.path, "a", newline="") as stream:
@@ -152,7 +156,7 @@ def pretrain_unimiss(
             stream.load_state_dict(state["streams"][str(d)])
         start = int(state["step"])
     output.mkdir(parents=True, exist_ok=True)
-    log = _MetricsLog(output / METRICS_FILE, append=resume) if context.is_main else None
+    log = _MetricsLog(output / METRICS_FILE, start if resume else None) if context.is_main else None
     end = config.steps if stop_after is None else min(config.steps, start + stop_after)
     window: dict[int, list[float]] = {2: [], 3: []}
     last_loss = float("nan")
