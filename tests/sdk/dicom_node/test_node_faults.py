@@ -5,6 +5,7 @@ skips with a clear log line while it keeps serving."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -37,6 +38,15 @@ def test_sigkill_mid_study_then_restart_completes_it_once(orthanc: Orthanc, make
     assert received_before_kill < 96, "the study finished arriving before the kill; the test did not kill mid-study"
     assert sender.returncode != 0, "storescu should see the association die"
     assert job_of(spool, study)["state"] == "received"
+    # A second study as a kill during its inference leaves it: all instances spooled, job "selected".
+    interrupted = write_study(tmp_path / "studies", seed=303)
+    shutil.copytree(interrupted.series_folder, spool / "incoming" / interrupted.study_uid / interrupted.series_uid,
+                    copy_function=lambda source, target: shutil.copy(source, f"{target}.dcm"))
+    history = [["received", "2026-01-01T00:00:00"], ["complete", "2026-01-01T00:00:01"], ["selected", "2026-01-01T00:00:02"]]
+    (spool / "jobs" / f"{interrupted.study_uid}.json").write_text(json.dumps(
+        {"study_uid": interrupted.study_uid, "state": "selected", "series_uid": interrupted.series_uid,
+         "seg_sop_instance_uid": None, "send_attempts": 0, "reason": None, "history": history}
+    ))
 
     node.start()  # same config, same spool
     sent = storescu(node.port, study.folder)  # the modality resends the whole study
@@ -47,7 +57,10 @@ def test_sigkill_mid_study_then_restart_completes_it_once(orthanc: Orthanc, make
     assert [state for state, _ in job["history"]] == ["received", "complete", "selected", "inferred", "sent"]
     assert len(orthanc.seg_instances(study.study_uid)) == 1
     assert orthanc.store_count(job["seg_sop_instance_uid"]) == 1
-    assert "resuming jobs: 1 received" in node.log()
+    assert "resuming jobs: 1 received, 1 selected" in node.log()
+    wait_until(lambda: job_of(spool, interrupted).get("state") == "sent", 60, "the interrupted inference to be redone and sent")
+    resumed = job_of(spool, interrupted)
+    assert len(orthanc.seg_instances(interrupted.study_uid)) == 1 and orthanc.store_count(resumed["seg_sop_instance_uid"]) == 1
 
 
 def test_sigkill_while_sending_then_restart_sends_once(orthanc: Orthanc, make_node, tmp_path: Path) -> None:
