@@ -165,3 +165,12 @@ def test_loader_batches_are_reproducible_with_workers(workers: int) -> None:
         runs.append([views[0] for views in loader])
     assert len(runs[0]) == 2 and runs[0][0].shape == (2, 3, 32, 32)
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_a_folder_holding_two_series_gives_two_volumes(tmp_path: Path, phantoms: list[tuple[Volume, Volume]]) -> None:
+    write_dicom_series(phantoms[0][0], tmp_path / "study", series_uid="1.2.3.1", series_number=1)
+    write_dicom_series(phantoms[1][0], tmp_path / "study", series_uid="1.2.3.2", series_number=2, seed=1)  # other file names
+    folder = VolumeFolder(tmp_path, SPEC_3D)
+    assert [(source.path.name, source.series_uid) for source in folder.sources] == [("study", "1.2.3.1"), ("study", "1.2.3.2")]
+    for index, (image, _) in enumerate(phantoms):
+        assert torch.allclose(folder[index], prepare(image, SPEC_3D).tensor, atol=2e-3)
