@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from medssl_kernels import dispatch
@@ -107,20 +108,24 @@ def window_attention_3d(
 def relative_position_index(window_size: Sequence[int]) -> torch.Tensor:
     """MONAI's relative position index, (N, N) int64 with N = wd*wh*ww: for query i and key j of a window,
     ``((dz + wd-1) * (2wh-1) + dy + wh-1) * (2ww-1) + dx + ww-1`` with (dz, dy, dx) = coords(i) - coords(j)."""
-    return _relative_position_index(tuple(window_size)).clone()
+    return torch.from_numpy(_relative_position_index(tuple(window_size)).copy())
 
 
 @lru_cache(maxsize=16)
-def _relative_position_index(window_size: tuple[int, int, int]) -> torch.Tensor:
+def _relative_position_index(window_size: tuple[int, int, int]) -> np.ndarray:
+    """The index as a read-only numpy array: cached outside torch, so a cache filled while ``torch.export`` or
+    ``torch.compile`` traces never holds a traced (fake) tensor that later eager calls would get."""
     wd, wh, ww = window_size
-    coords = torch.stack(torch.meshgrid(*(torch.arange(w) for w in window_size), indexing="ij")).flatten(1)  # (3, N)
-    relative = coords[:, :, None] - coords[:, None, :] + torch.tensor([wd - 1, wh - 1, ww - 1]).view(3, 1, 1)
-    return (relative[0] * (2 * wh - 1) + relative[1]) * (2 * ww - 1) + relative[2]
+    coords = np.stack(np.meshgrid(*(np.arange(w) for w in window_size), indexing="ij")).reshape(3, -1)  # (3, N)
+    relative = coords[:, :, None] - coords[:, None, :] + np.array([wd - 1, wh - 1, ww - 1]).reshape(3, 1, 1)
+    index = ((relative[0] * (2 * wh - 1) + relative[1]) * (2 * ww - 1) + relative[2]).astype(np.int64)
+    index.setflags(write=False)
+    return index
 
 
 def _sliced_index(index_window: tuple[int, int, int], tokens: int) -> torch.Tensor:
     """(tokens, tokens) view of the index window's relative position index: its first ``tokens`` rows and columns."""
-    return _relative_position_index(index_window)[:tokens, :tokens]
+    return torch.from_numpy(np.ascontiguousarray(_relative_position_index(index_window)[:tokens, :tokens]))
 
 
 def shift_mask(
