@@ -105,3 +105,10 @@ def test_an_earlier_run_is_not_overwritten_and_resume_keeps_the_recipe(tmp_path:
         run(tmp_path, small_config(steps=1, learning_rate=0.01), resume=True)
     with pytest.raises(MedsslError, match="cannot resume"):
         run(tmp_path / "empty", small_config(), resume=True)
+
+
+def test_loader_workers_do_not_change_the_run(tmp_path: Path) -> None:
+    in_process = run(tmp_path / "a", small_config(steps=3))
+    with_workers = run(tmp_path / "b", small_config(steps=3, num_workers=2))
+    a, b = in_process.teacher.state_dict(), with_workers.teacher.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
