@@ -84,3 +84,20 @@ def test_no_data_and_unknown_keys_are_errors(tmp_path: Path, capsys) -> None:
     config.write_text("learning_rat = 0.1\n")
     assert main(["pretrain", "unimiss", "--config", str(config), "--output", str(tmp_path / "b")]) == 2
     assert "learning_rat" in capsys.readouterr().err
+
+
+def test_epochs_become_steps(tmp_path: Path, capsys) -> None:
+    card = tmp_path / "card.toml"
+    card.write_text(CARD_TOML)
+    config = tmp_path / "run.toml"
+    config.write_text(RUN_TOML.format(card=card).replace("steps = 5\n", "").replace("warmup_steps = 1\n", ""))
+    output = tmp_path / "run"
+    # 2 phantoms, batch 2: one batch per epoch and domain; 2 epochs of 2 domains -> 4 steps, 1 of warm-up
+    code = main(["pretrain", "unimiss", "--config", str(config), "--output", str(output), "--epochs", "2",
+                 "--warmup-epochs", "0.5", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    state = torch.load(output / STATE_FILE, weights_only=True)
+    assert state["step"] == 4 and state["config"]["steps"] == 4 and state["config"]["warmup_steps"] == 1
+    code = main(["pretrain", "unimiss", "--config", str(config), "--output", str(tmp_path / "b"), "--epochs", "2",
+                 "--steps", "3", "--quiet"])
+    assert code == 2 and "not both" in capsys.readouterr().err

@@ -22,6 +22,7 @@ from medssl_train.datasets import ImageFolder2D, PhantomRadiographs, PhantomVolu
 from medssl_train.distributed import distributed_session
 from medssl_train.unimiss.config import PretrainConfig
 from medssl_train.unimiss.pretrain import METRICS_FILE, STATE_FILE, pretrain_unimiss
+from medssl_train.unimiss.streams import batches_per_epoch
 from medssl_zoo import ModelCard
 from medssl_zoo.errors import CardError
 from medssl_zoo.registry import get_card
@@ -30,7 +31,8 @@ from medssl_zoo.weights import CONFIG_FILE, WEIGHTS_FILE
 #: Settings of the run that are not part of the recipe, with their defaults.
 RUN_DEFAULTS: dict[str, object] = {
     "card": "unimiss-mit7", "volumes": None, "images": None, "phantoms": 0, "crop_2d": None, "crop_3d": None,
-    "cache_dir": None, "device": None, "quiet": False, "resume": False, "output": None,
+    "cache_dir": None, "device": None, "quiet": False, "resume": False, "output": None, "epochs": None,
+    "warmup_epochs": None,
 }
 RECIPE_FIELDS = {field.name: field for field in dataclasses.fields(PretrainConfig)}
 
@@ -55,6 +57,9 @@ def add_parser(pretrain_commands: argparse._SubParsersAction) -> None:
     command.add_argument("--crop-2d", type=int, nargs=2, metavar=("H", "W"), help="2D view size (default: the card's patch)")
     command.add_argument("--crop-3d", type=int, nargs=3, metavar=("D", "H", "W"), help="3D view size (default: the card's patch)")
     command.add_argument("--cache-dir", type=Path, help="keep pre-processed images here (folders only)")
+    command.add_argument("--epochs", type=float, help="instead of --steps: passes over the larger data set (the "
+                         "alternation gives each domain the same number of steps)")
+    command.add_argument("--warmup-epochs", type=float, help="instead of --warmup-steps, in the unit of --epochs")
     command.add_argument("--device", help="cpu or cuda (default: CUDA when available)")
     command.add_argument("--quiet", action="store_true", default=None, help="no progress bar")
     recipe = command.add_argument_group("recipe (defaults: the paper's)")
@@ -118,18 +123,38 @@ def _datasets(card: ModelCard, settings: dict[str, object]) -> tuple[Dataset | N
     return images, volumes
 
 
+def _steps_from_epochs(settings: dict[str, object], recipe: dict[str, object], datasets: list[Dataset],
+                       world_size: int) -> dict[str, int]:
+    """``steps`` / ``warmup_steps`` from ``epochs`` / ``warmup_epochs``: an epoch is one pass of every rank over its
+    share of the larger data set, and the alternation takes as many steps of the other domain."""
+    batch_size = int(recipe.get("batch_size", PretrainConfig.batch_size))  # type: ignore[arg-type]
+    longest = max(batches_per_epoch(len(data), batch_size, world_size) for data in datasets)  # type: ignore[arg-type]
+    converted = {}
+    for epochs_key, steps_key in (("epochs", "steps"), ("warmup_epochs", "warmup_steps")):
+        if settings[epochs_key] is None:
+            continue
+        if steps_key in recipe:
+            raise ValueError(f"give {steps_key} or {epochs_key}, not both")
+        converted[steps_key] = round(float(settings[epochs_key]) * longest * len(datasets))  # type: ignore[arg-type]
+    return converted
+
+
 def run_command(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings["output"] is None:
         raise ValueError("no run directory: give --output DIR (or output = \"DIR\" in the config file)")
     output = Path(str(settings["output"]))
-    config = PretrainConfig.from_dict({k: v for k, v in settings.items() if k in RECIPE_FIELDS}, str(args.config or "flags"))
     card = _card(str(settings["card"]))
     with distributed_session(settings["device"]) as context:  # type: ignore[arg-type]
         images, volumes = _datasets(card, settings)
+        recipe = {k: v for k, v in settings.items() if k in RECIPE_FIELDS}
+        recipe.update(_steps_from_epochs(settings, recipe, [d for d in (images, volumes) if d is not None], context.world_size))
+        config = PretrainConfig.from_dict(recipe, str(args.config or "flags"))
         say = print if context.is_main and not settings["quiet"] else (lambda *_: None)
-        sizes = ", ".join(f"{len(data)} {what}" for what, data in (("2D images", images), ("3D volumes", volumes)) if data)
-        say(f"UniMiSS pre-training of {card.name} on {sizes}; {context.world_size} process(es) on {context.device.type}")
+        sizes = ", ".join(f"{len(data)} {what}" for what, data in (("2D images", images), ("3D volumes", volumes))  # type: ignore[arg-type]
+                          if data is not None)
+        say(f"UniMiSS pre-training of {card.name} on {sizes}; {config.steps} steps; {context.world_size} process(es) "
+            f"on {context.device.type}")
         result = pretrain_unimiss(card, images, volumes, output, config, context=context,
                                   resume=bool(settings["resume"]), progress=not settings["quiet"])
         if context.is_main:

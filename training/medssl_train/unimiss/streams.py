@@ -71,6 +71,12 @@ class _EpochBatches(Sampler[list[tuple[int, int]]]):
             yield [(self.epoch, i) for i in self.order[batch * self.batch_size:(batch + 1) * self.batch_size]]
 
 
+def batches_per_epoch(size: int, batch_size: int, world_size: int) -> int:
+    """Full batches each rank takes from a data set of ``size`` items in one epoch (DistributedSampler pads the
+    items to a multiple of the world size; each rank's last incomplete batch is dropped)."""
+    return -(-size // world_size) // batch_size
+
+
 class ViewStream:
     """Batches of view pairs from ``dataset`` for this rank, forever; :meth:`state_dict` marks the position.
 
@@ -87,10 +93,10 @@ class ViewStream:
     def __init__(self, dataset: Dataset, batch_size: int, context: DistributedContext, seed: int, domain: int,
                  num_workers: int = 0, name: str = "data set") -> None:
         size = len(dataset)  # type: ignore[arg-type]
-        per_rank = -(-size // context.world_size)
-        if per_rank < batch_size:
-            raise ValueError(f"the {name} ({size} items) give {per_rank} per rank over {context.world_size} rank(s), "
-                             f"fewer than the batch size {batch_size}; add data or lower the batch size")
+        if batches_per_epoch(size, batch_size, context.world_size) < 1:
+            raise ValueError(f"the {name} ({size} items) give {-(-size // context.world_size)} per rank over "
+                             f"{context.world_size} rank(s), fewer than the batch size {batch_size}; add data or lower "
+                             "the batch size")
         self.sampler = DistributedSampler(range(size), context.world_size, context.rank, shuffle=True, seed=seed)
         self.items = _SeededItems(dataset, seed, domain)
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -99,7 +105,7 @@ class ViewStream:
 
     @property
     def batches_per_epoch(self) -> int:
-        return self.sampler.num_samples // self.batch_size
+        return batches_per_epoch(len(self.sampler.dataset), self.batch_size, self.sampler.num_replicas)  # type: ignore[arg-type]
 
     def _open_epoch(self) -> Iterator[object]:
         self.sampler.set_epoch(self.epoch)
