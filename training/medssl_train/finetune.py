@@ -35,6 +35,7 @@ from medssl_sdk.volume import Volume
 from medssl_train.data import PatchSampler
 from medssl_train.evaluate import classification_scores, dice_by_class, mean_dice
 from medssl_train.losses import dice_ce_loss
+from medssl_train.schedules import cosine_ramp
 from medssl_zoo import MedsslError, ModelCard, save_checkpoint
 from medssl_zoo.card import Label, WeightsSpec
 from medssl_zoo.registry import build_model
@@ -83,7 +84,7 @@ class FinetuneConfig:
         if self.schedule == "constant":
             return 1.0
         progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return cosine_ramp(progress, 1.0, 0.0)
 
 
 @dataclass(frozen=True)
