@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,10 @@ def test_an_earlier_run_is_not_overwritten_and_resume_keeps_the_recipe(tmp_path:
         run(tmp_path, small_config(steps=1, learning_rate=0.01), resume=True)
     with pytest.raises(MedsslError, match="cannot resume"):
         run(tmp_path / "empty", small_config(), resume=True)
+    card = nano_card()
+    only_3d = dataclasses.replace(card, kwargs={**card.kwargs, "spatial_dims": [3]}, inputs={"3d": card.inputs["3d"]})
+    with pytest.raises(ValueError, match="2D branch"):
+        pretrain_unimiss(only_3d, None, NoisyPairs(5, CROP_3D), tmp_path / "3d-only", small_config(), progress=False)
 
 
 def test_loader_workers_do_not_change_the_run(tmp_path: Path) -> None:

@@ -142,6 +142,12 @@ def pretrain_unimiss(
     _check_output(output, resume)
 
     trainer = UniMiSSTrainer(card, config, context)
+    branches = trainer.student.backbone.config.spatial_dims
+    needed = set(domains) | ({2} if 3 in domains else set())  # 3D steps run the slices through the 2D path
+    if not needed <= set(branches):
+        raise ValueError(f"card {card.name!r}: its MiT has the {'/'.join(f'{d}D' for d in branches)} branch(es) but this run "
+                         f"needs {'/'.join(f'{d}D' for d in sorted(needed))} (3D steps also run their slices through the 2D "
+                         "branch); use a card with spatial_dims (2, 3)")
     streams = {
         d: ViewStream(data, config.batch_size, context, config.seed, d, config.num_workers, f"{d}D data")
         for d, data in ((2, images_2d), (3, volumes_3d))
