@@ -9,8 +9,10 @@ The output directory is a checkpoint directory (``config.json`` + ``model.safete
 ``medssl_sdk.load``) holding the weights of the best validation step, plus ``metrics.csv``.
 
 The loop (:func:`train`) takes an iterator of ``(inputs, targets)`` batches, a loss and a validator, and
-touches the network only through ``forward``/``backward``/``parameters``/``state_dict``: a distributed
-launcher can pass a DDP-wrapped network (whose ``module`` is saved) and a per-rank batch iterator.
+touches the network only through ``forward``/``backward``/``parameters``/``state_dict``. Under torchrun, give
+it the :class:`~medssl_train.distributed.DistributedContext` and this rank's batches: it wraps the network in
+DDP (a network already wrapped is used as it is; its ``module`` is saved), and rank 0 alone validates, keeps
+the best checkpoint and writes ``metrics.csv`` while the others wait.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
@@ -33,6 +36,7 @@ from tqdm.auto import tqdm
 from medssl_sdk.model import ImageInput, Model
 from medssl_sdk.volume import Volume
 from medssl_train.data import PatchSampler
+from medssl_train.distributed import DistributedContext, barrier, mean_over_ranks, wrap_ddp
 from medssl_train.evaluate import classification_scores, dice_by_class, mean_dice
 from medssl_train.losses import dice_ce_loss
 from medssl_train.schedules import cosine_ramp
@@ -212,6 +216,7 @@ def finetune_segmentation(
     device: str | torch.device = "cpu",
     progress: bool = True,
     overwrite: bool = False,
+    context: DistributedContext | None = None,
 ) -> FinetuneResult:
     """Train ``network`` (a segmentation model described by ``card``) on ``sampler``'s patches with Dice + CE.
 
@@ -223,13 +228,13 @@ def finetune_segmentation(
         validation: ``(image, labels)`` pairs scored with :func:`medssl_train.evaluate.dice_by_class`
             (``Model.segment``: pre-processing, sliding windows, labels on the image's grid); the best
             step has the highest mean Dice over classes.
-        output, config, device, progress, overwrite: as :func:`train`.
+        output, config, device, progress, overwrite, context: as :func:`train`.
     """
     config = config or FinetuneConfig()
     validator = SegmentationValidator(validation, [label.name for label in card.labels])
     loss = partial(dice_ce_loss, batch_dice=config.batch_dice)
     return train(network, card, sampler.batches(config.batch_size), loss, validator, output, config,
-                 device=device, progress=progress, overwrite=overwrite)
+                 device=device, progress=progress, overwrite=overwrite, context=context)
 
 
 def finetune_classification(
@@ -243,6 +248,7 @@ def finetune_classification(
     device: str | torch.device = "cpu",
     progress: bool = True,
     overwrite: bool = False,
+    context: DistributedContext | None = None,
 ) -> FinetuneResult:
     """Train ``network`` (a classification model described by ``card``) with cross-entropy.
 
@@ -254,7 +260,7 @@ def finetune_classification(
         others: as :func:`finetune_segmentation`.
     """
     return train(network, card, batches, F.cross_entropy, ClassificationValidator(validation), output, config,
-                 device=device, progress=progress, overwrite=overwrite)
+                 device=device, progress=progress, overwrite=overwrite, context=context)
 
 
 def train(
@@ -269,54 +275,64 @@ def train(
     device: str | torch.device = "cpu",
     progress: bool = True,
     overwrite: bool = False,
+    context: DistributedContext | None = None,
 ) -> FinetuneResult:
     """The fine-tuning loop: ``config.steps`` AdamW steps on ``batches``, validation, best checkpoint.
 
     Args:
         network: the model ``card`` describes (or a wrapper such as DDP whose ``module`` it is); trained in place.
         card: written into the checkpoint with the new weights' sha256.
-        batches: ``(inputs, targets)`` without end; moved to ``device``.
+        batches: ``(inputs, targets)`` without end; moved to ``device``. When distributed, this rank's own
+            batches (each rank should draw different ones, e.g. seeded with the rank).
         loss_function: ``(network(inputs), targets) -> scalar``.
         validator: scores the model every ``config.validate_every`` steps and at the last step.
         output: the checkpoint directory to write; refused if it already holds a checkpoint or metrics,
             unless ``overwrite``.
         config: optimisation settings (default :class:`FinetuneConfig`).
-        device: where to train.
-        progress: show a progress bar.
+        device: where to train (when ``context`` is given, its device instead).
+        progress: show a progress bar (rank 0 only).
         overwrite: replace a checkpoint or metrics already in ``output``.
+        context: this process's rank under torchrun (default: one process). When distributed, the network is
+            wrapped in DDP (unless it already is), rank 0 alone validates and writes ``output``, and every
+            rank waits for it at each validation step.
 
     Returns:
-        the :class:`FinetuneResult` of the best validation step.
+        the :class:`FinetuneResult` of the best validation step (rank 0's, on every rank).
 
     Raises:
         MedsslError: if the loss stops being finite (lower the learning rate) or ``output`` is taken.
     """
     config = config or FinetuneConfig()
+    context = context or DistributedContext(device=torch.device(device))
+    device = context.device
     output = Path(output)
     taken = [name for name in (CONFIG_FILE, WEIGHTS_FILE, METRICS_FILE) if (output / name).exists()]
     if taken and not overwrite:
         raise MedsslError(f"{output} already holds {', '.join(taken)}; choose another output directory or overwrite")
-    output.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
+    barrier(context)  # every rank has looked before rank 0 writes
     module = getattr(network, "module", network)  # what a DDP wrapper wraps
     model = Model(module, card, device)  # validation's view of the same module
-    network.to(device).train()
-    optimiser = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    module.to(device).train()
+    trained = wrap_ddp(module, context) if network is module else network
+    optimiser = torch.optim.AdamW(module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, config.learning_rate_factor)
-    log = _MetricsLog(output / METRICS_FILE, validator.columns)
+    if context.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+    log = _MetricsLog(output / METRICS_FILE, validator.columns) if context.is_main else None
     best: FinetuneResult | None = None
     losses: list[float] = []
     start = time.perf_counter()
-    with tqdm(total=config.steps, disable=not progress, desc=f"fine-tuning {card.name}", unit="step") as bar:
+    with tqdm(total=config.steps, disable=not (progress and context.is_main), desc=f"fine-tuning {card.name}",
+              unit="step") as bar:
         for step in range(1, config.steps + 1):
             inputs, targets = next(batches)
-            loss = loss_function(network(inputs.to(device)), targets.to(device))
+            loss = loss_function(trained(inputs.to(device)), targets.to(device))
             if not torch.isfinite(loss):
                 raise MedsslError(f"the training loss became {loss.item()} at step {step}; lower the learning rate "
                                   f"(now {scheduler.get_last_lr()[0]:.3g}) or raise warmup_steps")
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
-            nn.utils.clip_grad_norm_(network.parameters(), config.max_grad_norm)
+            nn.utils.clip_grad_norm_(module.parameters(), config.max_grad_norm)
             learning_rate = scheduler.get_last_lr()[0]
             optimiser.step()
             scheduler.step()
@@ -325,16 +341,27 @@ def train(
             validate = step % config.validate_every == 0 or step == config.steps
             if not (validate or step % config.log_every == 0):
                 continue
+            mean_loss = mean_over_ranks(sum(losses) / len(losses), context)
+            losses.clear()
+            if log is None:  # not rank 0: wait while rank 0 validates and saves
+                if validate:
+                    barrier(context)
+                continue
             scores = validator(model) if validate else None
             seconds = time.perf_counter() - start
             if scores is not None and validator.better(scores, best.best_metrics if best else None):
                 pinned = save_checkpoint(module, card, output, overwrite=True)
                 best = FinetuneResult(pinned, output, step, scores, seconds)
-            log.write(step, sum(losses) / len(losses), learning_rate, seconds, scores)
+            log.write(step, mean_loss, learning_rate, seconds, scores)
             headline = validator.columns[0]
             best_value = f"{best.best_metrics[headline]:.3f}" if best else "-"
-            bar.set_postfix({"loss": f"{sum(losses) / len(losses):.3f}", f"best_{headline}": best_value})
-            losses.clear()
+            bar.set_postfix({"loss": f"{mean_loss:.3f}", f"best_{headline}": best_value})
+            if validate:
+                barrier(context)
+    if context.is_distributed:  # rank 0's result, on every rank
+        shared = [best]
+        dist.broadcast_object_list(shared, src=0, device=device if device.type == "cuda" else None)
+        best = shared[0]
     assert best is not None  # the last step always validates
     return dataclasses.replace(best, seconds=time.perf_counter() - start)
 

@@ -29,6 +29,7 @@ from medssl_sdk.samples import make_phantom
 from medssl_train.augment import RandomView, SegmentationAugment
 from medssl_train.data import VALIDATION_SEED_BASE, PatchSampler, jittered_grid, phantom_class_names, prepare_phantoms
 from medssl_train.datasets import ClassificationFolder, SegmentationFolder, endless, make_loader
+from medssl_train.distributed import DistributedContext, distributed_session
 from medssl_train.finetune import (
     FinetuneConfig,
     FinetuneResult,
@@ -164,30 +165,39 @@ def _parse(raw: Mapping[str, Any], source: str) -> RunConfig:
     )
 
 
-def run_finetune(config: RunConfig, *, command: str = "", progress: bool = True, overwrite: bool = False) -> FinetuneResult:
-    """Build the model, the data and the validation of ``config``, fine-tune, and write ``training.json``."""
+def run_finetune(config: RunConfig, *, command: str = "", progress: bool = True, overwrite: bool = False,
+                 context: DistributedContext | None = None) -> FinetuneResult:
+    """Build the model, the data and the validation of ``config``, fine-tune, and write ``training.json``.
+
+    ``context``: this process's rank under torchrun (default: one process on ``config.device``). Every rank
+    starts from the same weights and draws its own training batches (seed ``config.seed + rank``); rank 0
+    alone validates and writes the output.
+    """
+    context = context or DistributedContext(device=pick_device(config.device))
     torch.manual_seed(config.seed)
     card, network = _starting_point(config, _class_names(config))
     classes = tuple(label.name for label in card.labels)
     branch = _branch(config, card)
     spec = card.inputs[branch]
     dims = int(branch[0])
-    device = pick_device(config.device)
+    data_seed = config.seed + context.rank
     if config.task == "segment":
-        sampler, validation = _segmentation_data(config, spec, dims)
+        sampler, validation = _segmentation_data(config, spec, dims, data_seed)
         result = finetune_segmentation(network, card, sampler, validation, config.output, config.optim,
-                                       device=device, progress=progress, overwrite=overwrite)
+                                       progress=progress, overwrite=overwrite, context=context)
     else:
         train = ClassificationFolder(config.data.train, spec, RandomView(dims, spec.patch_size) if config.data.augment else None,
-                                     classes=classes, seed=config.seed, cache_dir=config.data.cache_dir)
+                                     classes=classes, seed=data_seed, cache_dir=config.data.cache_dir)
         validation = ClassificationFolder(config.data.validation, spec, classes=classes)
-        loader = make_loader(train, config.optim.batch_size, num_workers=config.data.num_workers, seed=config.seed)
+        loader = make_loader(train, config.optim.batch_size, num_workers=config.data.num_workers, seed=data_seed)
         pairs = [(source.path, target) for source, target in validation.samples]
         result = finetune_classification(network, card, endless(loader), pairs, config.output, config.optim,
-                                         device=device, progress=progress, overwrite=overwrite)
-    record = {"command": command, "config": config.raw, "best_step": result.best_step, "best_metrics": result.best_metrics,
-              "seconds": round(result.seconds, 1), "datasets": list(config.datasets)}
-    write_atomically(config.output / TRAINING_RECORD, lambda path: path.write_text(json.dumps(record, indent=2) + "\n"))
+                                         progress=progress, overwrite=overwrite, context=context)
+    if context.is_main:
+        record = {"command": command, "config": config.raw, "best_step": result.best_step,
+                  "best_metrics": result.best_metrics, "seconds": round(result.seconds, 1),
+                  "datasets": list(config.datasets), "processes": context.world_size}
+        write_atomically(config.output / TRAINING_RECORD, lambda path: path.write_text(json.dumps(record, indent=2) + "\n"))
     return result
 
 
@@ -236,9 +246,10 @@ def _branch(config: RunConfig, card: ModelCard) -> str:
     raise CardError(f"{card.name} takes {' and '.join(sorted(card.inputs))} input: set branch = '2d' or '3d' for this run")
 
 
-def _segmentation_data(config: RunConfig, spec: Any, dims: int) -> tuple[PatchSampler, Sequence[Any]]:
-    """The patch sampler and validation (image, labels) pairs of a segmentation run."""
-    augment = SegmentationAugment(dims, seed=config.seed) if config.data.augment else None
+def _segmentation_data(config: RunConfig, spec: Any, dims: int, seed: int) -> tuple[PatchSampler, Sequence[Any]]:
+    """The patch sampler (patches and augmentation drawn from ``seed``) and validation (image, labels) pairs of
+    a segmentation run."""
+    augment = SegmentationAugment(dims, seed=seed) if config.data.augment else None
     if config.data.kind == "phantom":
         cases = prepare_phantoms(range(config.data.train_phantoms), spec)
         seeds = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + config.data.val_phantoms)
@@ -247,7 +258,7 @@ def _segmentation_data(config: RunConfig, spec: Any, dims: int) -> tuple[PatchSa
         train = SegmentationFolder(config.data.train, spec, cache_dir=config.data.cache_dir)
         cases = [train.case(index) for index in range(len(train))]
         validation = SegmentationFolder(config.data.validation, spec).volume_pairs()
-    return PatchSampler(cases, spec.patch_size, seed=config.seed, augment=augment), validation
+    return PatchSampler(cases, spec.patch_size, seed=seed, augment=augment), validation
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -292,10 +303,14 @@ def _run_command(args: argparse.Namespace) -> int:
     words = ["medssl-train", "finetune", *(["--config", str(args.config)] if args.config else [])]
     words += [word for flag, value in given for word in ("--" + flag.replace("_", "-"), str(value))]
     command = shlex.join(words)
-    say = (lambda *_: None) if args.quiet else print
-    say(f"fine-tuning ({config.task}) into {config.output}: {json.dumps(config.raw)}")
-    result = run_finetune(config, command=command, progress=not args.quiet, overwrite=args.overwrite)
-    scores = ", ".join(f"{key} {value:.4f}" for key, value in result.best_metrics.items())
-    print(f"best validation at step {result.best_step}: {scores}; {result.seconds:.0f} s")
-    print(f"wrote {result.directory} (model.safetensors sha256 {result.card.weights.sha256}), metrics.csv, {TRAINING_RECORD}")
+    with distributed_session(pick_device(config.device)) as context:
+        say = print if context.is_main and not args.quiet else (lambda *_: None)
+        say(f"fine-tuning ({config.task}) into {config.output}: {json.dumps(config.raw)}")
+        result = run_finetune(config, command=command, progress=not args.quiet, overwrite=args.overwrite, context=context)
+        if context.is_main:
+            scores = ", ".join(f"{key} {value:.4f}" for key, value in result.best_metrics.items())
+            print(f"best validation at step {result.best_step}: {scores}; {result.seconds:.0f} s; "
+                  f"{context.world_size} process(es) on {context.device.type}")
+            print(f"wrote {result.directory} (model.safetensors sha256 {result.card.weights.sha256}), metrics.csv, "
+                  f"{TRAINING_RECORD}")
     return 0
