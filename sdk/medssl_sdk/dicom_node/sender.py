@@ -92,7 +92,10 @@ class ResultSender(threading.Thread):
                     self._wake.wait(min(wait, 0.5))
                     continue
                 _, study_uid = heapq.heappop(self._due)
-            self.attempt(study_uid)
+            try:
+                self.attempt(study_uid)
+            except Exception:  # e.g. an unreadable result or job file, a failed job write: other results still go out
+                LOG.exception("study %s: unexpected error while sending its SEG; the job is left for the next start", study_uid)
 
     def attempt(self, study_uid: str) -> None:
         """One C-STORE attempt of the study's result; the job moves to sent, stays queued or fails."""

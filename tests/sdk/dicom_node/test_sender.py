@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -25,15 +26,15 @@ def test_backoff_doubles_up_to_its_cap() -> None:
     assert [backoff_delay(k, 2.0, 20.0) for k in (1, 2, 3, 4, 5, 6)] == [2.0, 4.0, 8.0, 16.0, 20.0, 20.0]
 
 
-def inferred_job(spool: Spool, jobs: JobStore) -> Job:
+def inferred_job(spool: Spool, jobs: JobStore, study_uid: str = STUDY) -> Job:
     """A study whose (stand-in) result file is ready to send."""
     dataset = Dataset()
     dataset.SOPClassUID, dataset.SOPInstanceUID = SegmentationStorage, generate_uid()
-    dataset.StudyInstanceUID, dataset.Modality = STUDY, "SEG"
+    dataset.StudyInstanceUID, dataset.Modality = study_uid, "SEG"
     dataset.file_meta = FileMetaDataset()
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.save_as(spool.result_path(STUDY), enforce_file_format=True)
-    job, _ = jobs.create_if_new(STUDY)
+    dataset.save_as(spool.result_path(study_uid), enforce_file_format=True)
+    job, _ = jobs.create_if_new(study_uid)
     for state in (JobState.COMPLETE, JobState.SELECTED):
         job = jobs.advance(job, state)
     return jobs.advance(job, JobState.INFERRED, seg_sop_instance_uid=dataset.SOPInstanceUID)
@@ -93,3 +94,36 @@ def test_an_unreachable_peer_fails_the_job_after_max_attempts(spool_and_jobs: tu
         sender.join()
     assert job.send_attempts == 2
     assert job.reason.startswith(f"sending to PACS@127.0.0.1:{destination.port} failed: no association with")
+
+
+def test_an_unexpected_error_on_one_result_does_not_stop_the_others(
+    spool_and_jobs: tuple[Spool, JobStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    spool, jobs = spool_and_jobs
+    damaged, intact = "1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.3"
+    inferred_job(spool, jobs, damaged)
+    spool.result_path(damaged).write_bytes(b"not a DICOM file")  # pydicom raises InvalidDicomError, not OSError
+    inferred_job(spool, jobs, intact)
+    stored: list[str] = []
+    peer = AE(ae_title="PACS")
+    peer.add_supported_context(SegmentationStorage, ExplicitVRLittleEndian)
+    port = free_port()
+    server = peer.start_server(
+        ("127.0.0.1", port), block=False,
+        evt_handlers=[(evt.EVT_C_STORE, lambda event: stored.append(event.dataset.StudyInstanceUID) or 0x0000)],
+    )
+    stopping = threading.Event()
+    sender = ResultSender(spool, jobs, Destination(ae_title="PACS", host="127.0.0.1", port=port, timeout_s=5), "MEDSSL", stopping)
+    sender.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="medssl.dicom_node.sender"):
+            sender.submit(damaged)
+            sender.submit(intact, delay_s=0.2)
+            wait_until(lambda: jobs.get(intact).state is JobState.SENT, 30, "the intact result to be sent after the damaged one")
+        assert sender.is_alive()
+    finally:
+        stopping.set()
+        sender.join()
+        server.shutdown()
+    assert stored == [intact] and jobs.get(damaged).state is JobState.INFERRED  # left for the next start
+    assert f"study {damaged}: unexpected error while sending its SEG" in caplog.text
