@@ -71,11 +71,13 @@ def verify_checkpoint(directory: Path | str) -> ModelCard:
 
 def training_scores(directory: Path | str) -> dict[str, float]:
     """The best validation scores a training run recorded in ``directory``: ``training.json``'s
-    ``best_metrics``, else the last validated row of ``metrics.csv``, else nothing."""
+    ``best_metrics`` (none if it has none, as after pre-training), else without ``training.json`` the last
+    validated row of ``metrics.csv``, else nothing."""
     directory = Path(directory)
     record = _training_record(directory)
-    if isinstance(record.get("best_metrics"), dict):
-        return {str(k): float(v) for k, v in record["best_metrics"].items()}
+    if record:
+        metrics = record.get("best_metrics")
+        return {str(k): float(v) for k, v in metrics.items()} if isinstance(metrics, dict) else {}
     path = directory / METRICS_FILE
     if not path.is_file():
         return {}

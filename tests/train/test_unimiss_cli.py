@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from medssl_sdk import load
+from medssl_sdk.hub import model_card_text, training_scores
 from medssl_train.cli import main
 from medssl_train.unimiss.pretrain import STATE_FILE
 
@@ -70,6 +71,11 @@ def test_config_file_flags_and_export(tmp_path: Path, capsys) -> None:
     model = load(output)
     assert model.card.name == "cli-mit-nano" and model.card.weights.sha256 is not None
     assert "wrote" in capsys.readouterr().out
+    # what `medssl push` publishes: the training command; the schedule columns of metrics.csv are no scores
+    assert training_scores(output) == {}
+    readme = model_card_text(model.card, output, "my-lab/nano", "main")
+    assert f"medssl-train pretrain unimiss --config {config} --output {output} --quiet --steps 2" in readme
+    assert "teacher_momentum" not in readme and "weight_decay" not in readme
 
     code = main(["pretrain", "unimiss", "--config", str(config), "--output", str(output), "--steps", "2", "--quiet"])
     assert code == 2 and "already holds" in capsys.readouterr().err

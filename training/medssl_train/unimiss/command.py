@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -139,6 +140,21 @@ def _steps_from_epochs(settings: dict[str, object], recipe: dict[str, object], d
     return converted
 
 
+def _command_line(args: argparse.Namespace) -> str:
+    """The command as given (config file and flags), for ``training.json``."""
+    words = ["medssl-train", "pretrain", "unimiss"]
+    for name in dict.fromkeys(("config", "output", *RUN_DEFAULTS, *RECIPE_FIELDS)):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        else:
+            words += [flag, *(str(v) for v in (value if isinstance(value, (list, tuple)) else [value]))]
+    return shlex.join(words)
+
+
 def run_command(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings["output"] is None:
@@ -156,7 +172,8 @@ def run_command(args: argparse.Namespace) -> int:
         say(f"UniMiSS pre-training of {card.name} on {sizes}; {config.steps} steps; {context.world_size} process(es) "
             f"on {context.device.type}")
         result = pretrain_unimiss(card, images, volumes, output, config, context=context,
-                                  resume=bool(settings["resume"]), progress=not settings["quiet"])
+                                  resume=bool(settings["resume"]), progress=not settings["quiet"],
+                                  command=_command_line(args))
         if context.is_main:
             print(f"{result.steps_run} steps in {result.seconds:.0f} s, last loss {result.final_loss:.4f}; "
                   f"wrote {output / CONFIG_FILE} + {WEIGHTS_FILE} (sha256 {result.card.weights.sha256}), "

@@ -11,13 +11,16 @@ bf16 autocast on CUDA.
 
 OUTPUT holds ``training_state.pt`` (written every ``checkpoint_every`` steps and at the end; ``resume=True``
 continues from it to the very step an uninterrupted run would take), ``metrics.csv``, and at the end the
-teacher's MiT as a medssl checkpoint (``config.json`` + ``model.safetensors``) that ``medssl_sdk.load`` reads.
+teacher's MiT as a medssl checkpoint (``config.json`` + ``model.safetensors``) that ``medssl_sdk.load`` reads,
+with ``training.json`` (the command, the recipe, the processes and the last loss), which ``medssl push`` puts
+in the model card.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from medssl_sdk.hub import TRAINING_RECORD
 from medssl_train.distributed import DistributedContext, barrier, mean_over_ranks
 from medssl_train.unimiss.config import PretrainConfig
 from medssl_train.unimiss.head import SSLNetwork
@@ -110,6 +114,7 @@ def pretrain_unimiss(
     resume: bool = False,
     progress: bool = True,
     stop_after: int | None = None,
+    command: str = "",
 ) -> PretrainResult:
     """Pre-train the MiT of ``card`` with UniMiSS and export its teacher.
 
@@ -125,6 +130,7 @@ def pretrain_unimiss(
         progress: a progress bar on rank 0.
         stop_after: end this call after this many steps of the schedule (a checkpoint is written), as if
             interrupted; None runs to ``config.steps``.
+        command: the command line recorded in ``training.json`` (the model card's training command).
 
     Returns:
         :class:`PretrainResult`.
@@ -191,6 +197,10 @@ def pretrain_unimiss(
     exported = card
     if end == config.steps:
         exported = _export_teacher(card, trainer.teacher, output, context, config, end)
+        if context.is_main:
+            record = {"command": command, "config": dataclasses.asdict(config), "steps": end,
+                      "final_loss": last_loss, "processes": context.world_size}
+            write_atomically(output / TRAINING_RECORD, lambda path: path.write_text(json.dumps(record, indent=2) + "\n"))
     barrier(context)
     return PretrainResult(exported, output, end - start, last_loss, time.perf_counter() - began, trainer.student,
                           trainer.teacher)
