@@ -141,10 +141,15 @@ class DicomNode:
                 quiet = [uid for uid, last in self._last_instance.items() if last <= deadline]
                 closed = []
                 for study_uid in quiet:
+                    try:
+                        job = self.jobs.get(study_uid)
+                        if job is not None and job.state is JobState.RECEIVED:
+                            closed.append(self.jobs.advance(job, JobState.COMPLETE))
+                    except Exception:  # an unreadable job file or a failed write must not stop the watcher for all studies
+                        LOG.exception("study %s: could not be marked complete; trying again after another quiet period", study_uid)
+                        self._last_instance[study_uid] = time.monotonic()
+                        continue
                     del self._last_instance[study_uid]
-                    job = self.jobs.get(study_uid)
-                    if job is not None and job.state is JobState.RECEIVED:
-                        closed.append(self.jobs.advance(job, JobState.COMPLETE))
             for job in closed:
                 folders = self.spool.series_folders(job.study_uid)
                 images = sum(len(finished_files(folder, "*.dcm")) for folder in folders)
