@@ -153,16 +153,17 @@ def window_partition(x: torch.Tensor, window_size: Sequence[int]) -> torch.Tenso
     """(B, heads, D, H, W, C) -> (B, heads, windows, N, C); windows in (d, h, w) order, tokens in (z, y, x) order."""
     batch, heads, depth, height, width, channels = x.shape
     wd, wh, ww = window_size
-    x = x.reshape(batch, heads, depth // wd, wd, height // wh, wh, width // ww, ww, channels)
-    return x.permute(0, 1, 2, 4, 6, 3, 5, 7, 8).reshape(batch, heads, -1, wd * wh * ww, channels)
+    # batch and heads merged: at most 8-D intermediates (TensorRT's rank limit) in exported graphs
+    x = x.reshape(batch * heads, depth // wd, wd, height // wh, wh, width // ww, ww, channels)
+    return x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(batch, heads, -1, wd * wh * ww, channels)
 
 
 def window_reverse(windows: torch.Tensor, grid: Sequence[int], window_size: Sequence[int]) -> torch.Tensor:
     """Inverse of :func:`window_partition`: (B, heads, windows, N, C) -> (B, heads, D, H, W, C)."""
     batch, heads, _, _, channels = windows.shape
     (depth, height, width), (wd, wh, ww) = grid, window_size
-    x = windows.reshape(batch, heads, depth // wd, height // wh, width // ww, wd, wh, ww, channels)
-    return x.permute(0, 1, 2, 5, 3, 6, 4, 7, 8).reshape(batch, heads, depth, height, width, channels)
+    x = windows.reshape(batch * heads, depth // wd, height // wh, width // ww, wd, wh, ww, channels)
+    return x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(batch, heads, depth, height, width, channels)
 
 
 def _check(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -46,11 +47,13 @@ def run_in_chunks(batch: torch.Tensor, max_batch: int, run: Callable[[torch.Tens
 class ExportedRuntime:
     """What runtimes of an export folder share: the manifest, the branch of a batch, and embed().
 
-    Subclasses set ``backend``, ``device`` and ``manifest`` and implement ``__call__``.
+    Subclasses set ``backend``, ``device``, ``directory`` (the export folder) and ``manifest`` (its config) and
+    implement ``__call__``.
     """
 
     backend: str
     device: torch.device
+    directory: Path
     manifest: ExportManifest
 
     def branch_of(self, batch: torch.Tensor, available: Iterable[str]) -> str:

@@ -127,7 +127,7 @@ class TensorRTRuntime(ExportedRuntime):
         trt = require_tensorrt()
         if device.type != "cuda":
             raise ExportError(f"TensorRT runs on CUDA devices; got {device}")
-        self.manifest, self.device = manifest, device
+        self.directory, self.manifest, self.device = Path(directory), manifest, device
         self._torch_dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16}
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         gpu, tensorrt_version = current_target(device)
