@@ -80,7 +80,11 @@ class Orthanc:
         self.log = open(folder / "orthanc.log", "wb")  # closed in stop()
         command = [require_program("Orthanc"), str(folder / "orthanc.json")]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=self.log)
-        wait_until(self._answers, 60, "Orthanc's REST API")
+        try:
+            wait_until(self._answers, 60, "Orthanc's REST API")
+        except BaseException:  # the fixture never yields, so its teardown would not stop a hung Orthanc
+            self.stop()
+            raise
 
     def _answers(self) -> bool:
         assert self.process.poll() is None, f"Orthanc exited: {(self.folder / 'orthanc.log').read_text(errors='replace')[-2000:]}"
