@@ -106,6 +106,11 @@ def test_an_earlier_run_is_not_overwritten_and_resume_keeps_the_recipe(tmp_path:
         run(tmp_path, small_config(steps=1, learning_rate=0.01), resume=True)
     with pytest.raises(MedsslError, match="cannot resume"):
         run(tmp_path / "empty", small_config(), resume=True)
+    # a run saved by 2 processes resumed by 1: other shards and another learning rate, so refused
+    state = torch.load(tmp_path / STATE_FILE, weights_only=True)
+    torch.save({**state, "world_size": 2}, tmp_path / STATE_FILE)
+    with pytest.raises(MedsslError, match="2 process"):
+        run(tmp_path, small_config(steps=1), resume=True)
     card = nano_card()
     only_3d = dataclasses.replace(card, kwargs={**card.kwargs, "spatial_dims": [3]}, inputs={"3d": card.inputs["3d"]})
     with pytest.raises(ValueError, match="2D branch"):

@@ -93,6 +93,14 @@ def _check_same_recipe(saved: dict[str, object], config: PretrainConfig, source:
                           "or start a new run in another directory")
 
 
+def _check_same_world_size(saved: int, context: DistributedContext, source: Path) -> None:
+    """A resumed run must have as many processes: the data shards and the learning rate (batch x world size) depend
+    on it."""
+    if saved != context.world_size:
+        raise MedsslError(f"{source} was written by {saved} process(es), this run has {context.world_size}; resume with "
+                          f"{saved} (torchrun --nnodes x --nproc-per-node), or start a new run in another directory")
+
+
 def _check_output(output: Path, resume: bool) -> None:
     if resume:
         if not (output / STATE_FILE).is_file():
@@ -163,6 +171,7 @@ def pretrain_unimiss(
     if resume:
         state = torch.load(output / STATE_FILE, map_location=device, weights_only=True)
         _check_same_recipe(state["config"], config, output / STATE_FILE)
+        _check_same_world_size(int(state.get("world_size", context.world_size)), context, output / STATE_FILE)
         trainer.load_state_dict(state)
         for d, stream in streams.items():
             stream.load_state_dict(state["streams"][str(d)])
@@ -213,6 +222,7 @@ def _save_state(output: Path, context: DistributedContext, step: int, trainer: U
     if context.is_main:
         state = {
             "step": step,
+            "world_size": context.world_size,
             **trainer.state_dict(),
             "streams": {str(d): stream.state_dict() for d, stream in streams.items()},
             "config": dataclasses.asdict(config),
