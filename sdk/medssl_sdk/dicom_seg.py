@@ -27,6 +27,7 @@ images only; compressed source images are fine (their pixels are not read).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
@@ -63,6 +64,11 @@ MANUFACTURER = "medssl"
 SERIES_NUMBER_OFFSET = 1000
 #: DICOM's length limit of LO values (SeriesDescription, segment labels).
 LONG_STRING_LIMIT = 64
+#: Type 2 patient and study attributes (present, possibly empty) that highdicom copies from the first source image;
+#: a source that omits them (as some anonymisers and modalities do) gives them empty to the SEG.
+COPIED_TYPE2_KEYWORDS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
+)
 
 
 class DicomSegError(MedsslError, ValueError):
@@ -107,6 +113,7 @@ def to_dicom_seg(
     hd = _highdicom()
     labels = segmentation.labels
     frames = _source_frames(labels, _source_datasets(source, labels))
+    frames[0] = _complete_first_source(frames[0], labels)
     segment_numbers = _segment_numbers(segmentation)
     first = frames[0]
     number = series_number if series_number is not None else _default_series_number(first)
@@ -305,6 +312,27 @@ def _corners_lps_of_slice(affine_lps: np.ndarray, index: int, size: tuple[int, i
     rows, columns = size
     corners = np.array([[index, row, column, 1.0] for row in (0, rows - 1) for column in (0, columns - 1)])
     return (corners @ affine_lps.T)[:, :3]
+
+
+def _complete_first_source(first: Dataset, labels: Volume) -> Dataset:
+    """``first`` with what highdicom reads from it unconditionally; a copy when anything is added (never the caller's).
+
+    Missing ``COPIED_TYPE2_KEYWORDS`` become empty (a Type 2 attribute's "unknown"). A 3D source without a
+    SliceThickness value gets the label map's slice spacing along the slice normal, which the SEG's Pixel
+    Measures need (its frames are the label map's slices).
+    """
+    missing = [keyword for keyword in COPIED_TYPE2_KEYWORDS if keyword not in first]
+    needs_thickness = labels.ndim == 3 and first.get("SliceThickness") in (None, "")
+    if not missing and not needs_thickness:
+        return first
+    completed = copy.deepcopy(first)
+    for keyword in missing:
+        setattr(completed, keyword, None)
+    if needs_thickness:
+        row, column, step = labels.affine[:3, 2], labels.affine[:3, 1], labels.affine[:3, 0]
+        normal = np.cross(row, column) / np.linalg.norm(np.cross(row, column))
+        completed.SliceThickness = f"{abs(float(step @ normal)):.6g}"
+    return completed
 
 
 def _describe_unplaced_image(dataset: Dataset, source: Dataset) -> None:

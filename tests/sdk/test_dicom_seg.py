@@ -20,7 +20,7 @@ from test_io_dicom import rotation
 
 from medssl_sdk import DicomSegError, VolumeReadError, VolumeWriteError, derived_uid, load, write_dicom_seg
 from medssl_sdk.cli import main
-from medssl_sdk.dicom_seg import CODED_CATEGORY, FALLBACK_CATEGORY, FALLBACK_TYPE
+from medssl_sdk.dicom_seg import CODED_CATEGORY, COPIED_TYPE2_KEYWORDS, FALLBACK_CATEGORY, FALLBACK_TYPE
 from medssl_sdk.io import list_dicom_series, read_dicom_series, read_image_2d, read_nifti, write_nifti
 from medssl_sdk.samples import make_phantom
 from medssl_sdk.segmentation import Segmentation
@@ -206,6 +206,31 @@ def test_gantry_tilted_series(phantom, tmp_path) -> None:
     path = write_dicom_seg(segmentation, tmp_path / "ct", tmp_path / "seg.dcm")
     decoded, _ = decode_with_pydicom(path, list(segmentation.labels.metadata["sop_instance_uids"]))
     np.testing.assert_array_equal(decoded, labels)
+    assert dciodvfy_errors(path) == []
+
+
+def test_source_without_optional_patient_study_attributes_or_slice_thickness(phantom, tmp_path) -> None:
+    """Anonymised exports and some modalities omit Type 2 attributes and SliceThickness; the SEG is still valid."""
+    image, labels = phantom
+    omitted = (*COPIED_TYPE2_KEYWORDS, "SliceThickness", "ReferringPhysicianName")
+
+    def strip(dataset: pydicom.Dataset, index: int) -> None:
+        for keyword in omitted:
+            if keyword in dataset:
+                delattr(dataset, keyword)
+
+    written = write_dicom_series(image, tmp_path / "ct", edit=strip)
+    datasets = [pydicom.dcmread(path) for path in written]
+    assert not any(keyword in dataset for dataset in datasets for keyword in omitted)
+    segmentation = series_segmentation(tmp_path / "ct", labels)
+    path = write_dicom_seg(segmentation, datasets, tmp_path / "seg.dcm")
+    assert not any(keyword in dataset for dataset in datasets for keyword in omitted), "the caller's datasets were changed"
+
+    decoded, seg = decode_with_pydicom(path, list(segmentation.labels.metadata["sop_instance_uids"]))
+    np.testing.assert_array_equal(decoded, labels)
+    assert all(keyword in seg and not seg[keyword].value for keyword in COPIED_TYPE2_KEYWORDS)  # present, empty
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(SPACING[0])
     assert dciodvfy_errors(path) == []
 
 
