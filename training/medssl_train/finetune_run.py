@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from medssl_sdk.hub import TRAINING_RECORD
 from medssl_sdk.loading import load
 from medssl_sdk.model import pick_device
 from medssl_sdk.samples import make_phantom
@@ -44,8 +45,6 @@ from medssl_zoo.errors import CardError
 from medssl_zoo.files import write_atomically
 from medssl_zoo.registry import build_model
 
-#: The run record written beside the checkpoint.
-TRAINING_RECORD = "training.json"
 TASKS = ("segment", "classify")
 
 
