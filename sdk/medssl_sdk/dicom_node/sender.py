@@ -94,7 +94,7 @@ class ResultSender(threading.Thread):
                 _, study_uid = heapq.heappop(self._due)
             try:
                 self.attempt(study_uid)
-            except Exception:  # e.g. an unreadable result or job file, a failed job write: other results still go out
+            except Exception:  # e.g. an unreadable job file or a failed job write: other results still go out
                 LOG.exception("study %s: unexpected error while sending its SEG; the job is left for the next start", study_uid)
 
     def attempt(self, study_uid: str) -> None:
@@ -106,7 +106,9 @@ class ResultSender(threading.Thread):
         where = self.destination.describe()
         try:
             send_file(self.spool.result_path(study_uid), self.destination, self.calling_ae_title)
-        except (SendError, OSError) as error:
+        except Exception as error:  # also what pydicom and pynetdicom raise (unreadable result, association lost mid-way)
+            if not isinstance(error, SendError | OSError):
+                error = SendError(f"{type(error).__name__}: {' '.join(str(error).split())}")
             if attempt >= self.destination.max_attempts:
                 self.jobs.advance(job, JobState.FAILED, send_attempts=attempt, reason=f"sending to {where} failed: {error}")
                 LOG.error("study %s: giving up sending its SEG after %d attempts: %s", study_uid, attempt, error)

@@ -96,13 +96,15 @@ def test_an_unreachable_peer_fails_the_job_after_max_attempts(spool_and_jobs: tu
     assert job.reason.startswith(f"sending to PACS@127.0.0.1:{destination.port} failed: no association with")
 
 
-def test_an_unexpected_error_on_one_result_does_not_stop_the_others(
+def test_an_unreadable_result_fails_and_an_unexpected_error_does_not_stop_the_others(
     spool_and_jobs: tuple[Spool, JobStore], caplog: pytest.LogCaptureFixture
 ) -> None:
     spool, jobs = spool_and_jobs
-    damaged, intact = "1.2.826.0.1.3680043.8.498.2", "1.2.826.0.1.3680043.8.498.3"
+    damaged, broken_job, intact = (f"1.2.826.0.1.3680043.8.498.{n}" for n in (2, 3, 4))
     inferred_job(spool, jobs, damaged)
     spool.result_path(damaged).write_bytes(b"not a DICOM file")  # pydicom raises InvalidDicomError, not OSError
+    inferred_job(spool, jobs, broken_job)
+    jobs.path(broken_job).write_text("{not json")  # jobs.get raises JobStateError
     inferred_job(spool, jobs, intact)
     stored: list[str] = []
     peer = AE(ae_title="PACS")
@@ -112,18 +114,23 @@ def test_an_unexpected_error_on_one_result_does_not_stop_the_others(
         ("127.0.0.1", port), block=False,
         evt_handlers=[(evt.EVT_C_STORE, lambda event: stored.append(event.dataset.StudyInstanceUID) or 0x0000)],
     )
+    destination = Destination(ae_title="PACS", host="127.0.0.1", port=port, max_attempts=2, backoff_initial_s=0.1,
+                              backoff_max_s=0.1, timeout_s=5)
     stopping = threading.Event()
-    sender = ResultSender(spool, jobs, Destination(ae_title="PACS", host="127.0.0.1", port=port, timeout_s=5), "MEDSSL", stopping)
+    sender = ResultSender(spool, jobs, destination, "MEDSSL", stopping)
     sender.start()
     try:
         with caplog.at_level(logging.ERROR, logger="medssl.dicom_node.sender"):
             sender.submit(damaged)
+            sender.submit(broken_job)
             sender.submit(intact, delay_s=0.2)
-            wait_until(lambda: jobs.get(intact).state is JobState.SENT, 30, "the intact result to be sent after the damaged one")
+            wait_until(lambda: jobs.get(intact).state is JobState.SENT, 30, "the intact result to be sent after the others")
+            failed = wait_until(lambda: (job := jobs.get(damaged)).state is JobState.FAILED and job, 30, "the damaged one to fail")
         assert sender.is_alive()
     finally:
         stopping.set()
         sender.join()
         server.shutdown()
-    assert stored == [intact] and jobs.get(damaged).state is JobState.INFERRED  # left for the next start
-    assert f"study {damaged}: unexpected error while sending its SEG" in caplog.text
+    assert stored == [intact]
+    assert failed.send_attempts == 2 and "InvalidDicomError" in failed.reason
+    assert f"study {broken_job}: unexpected error while sending its SEG" in caplog.text
