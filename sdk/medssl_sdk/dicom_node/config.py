@@ -33,7 +33,8 @@ class Destination:
 
     Attributes:
         ae_title, host, port: the peer's Application Entity.
-        max_attempts: C-STORE attempts per result before the job is marked failed.
+        max_attempts: C-STORE attempts per result before the job is marked failed (the defaults retry for about
+            an hour, so a PACS restart or a network outage does not lose results).
         backoff_initial_s, backoff_max_s: wait ``min(initial * 2**k, max)`` seconds after the k-th failure.
         timeout_s: connection, ACSE and DIMSE timeout.
     """
@@ -41,7 +42,7 @@ class Destination:
     ae_title: str = "PACS"
     host: str = "127.0.0.1"
     port: int = 104
-    max_attempts: int = 6
+    max_attempts: int = 20
     backoff_initial_s: float = 2.0
     backoff_max_s: float = 300.0
     timeout_s: float = 30.0

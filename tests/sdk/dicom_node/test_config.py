@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from medssl_sdk.dicom_node.config import ConfigError, load_config, parse_destination
+from medssl_sdk.dicom_node.config import ConfigError, Destination, load_config, parse_destination
+from medssl_sdk.dicom_node.sender import backoff_delay
 
 CONFIG = """
 [node]
@@ -42,7 +43,7 @@ def test_file_values_are_read_and_flags_override_them(tmp_path: Path) -> None:
     config = load_config(path)
     assert (config.ae_title, config.port, config.quiet_period_s, config.model) == ("SEGNODE", 11113, 5.0, "phantom-mit-nano")
     assert config.spool_dir == Path("/var/spool/medssl") and config.devices == ("cuda:0", "cuda:1")
-    assert config.destination.describe() == "PACS@10.0.0.5:104" and config.destination.max_attempts == 6
+    assert config.destination.describe() == "PACS@10.0.0.5:104" and config.destination.max_attempts == 20
     assert config.selection.modalities == ("CT", "MR") and config.selection.min_slices == 20
 
     overridden = load_config(path, {"port": 4242, "destination": "ARCHIVE@pacs.local:11112", "model": None})
@@ -99,3 +100,10 @@ def test_auto_devices_give_one_worker_per_gpu_or_one_on_cpu() -> None:
     gpus = [f"cuda:{index}" for index in range(torch.cuda.device_count())]
     assert worker_devices(["auto"]) == (gpus or ["cpu"])
     assert worker_devices(["cpu", "cuda:1"]) == ["cpu", "cuda:1"]
+
+
+def test_default_retries_outlast_an_hour_of_destination_downtime() -> None:
+    """A PACS restart or a network change must not turn finished results into failed jobs."""
+    default = Destination()
+    waits = [backoff_delay(failure, default.backoff_initial_s, default.backoff_max_s) for failure in range(1, default.max_attempts)]
+    assert sum(waits) >= 3600, f"the default sender gives up after {sum(waits):.0f} s"
