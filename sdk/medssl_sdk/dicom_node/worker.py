@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import pydicom
 
@@ -22,6 +23,7 @@ from medssl_sdk.dicom_node.jobs import Job, JobState, JobStore
 from medssl_sdk.dicom_node.selection import select_series
 from medssl_sdk.dicom_node.spool import Spool, write_durably
 from medssl_sdk.dicom_seg import derived_uid
+from medssl_sdk.io.dicom_files import read_dicom_header
 from medssl_sdk.model import Model
 
 LOG = logging.getLogger("medssl.dicom_node.worker")
@@ -90,8 +92,9 @@ class InferenceWorker(threading.Thread):
         try:
             sop_instance_uid, series_instance_uid = seg_uids(self.model, str(job.series_uid))
             segmentation = self.model.segment(folder, progress=False)
+            segmented = [read_dicom_header(Path(file)) for file in segmentation.labels.metadata["files"]]
             seg = segmentation.to_dicom_seg(
-                folder,
+                segmented,  # exactly the images segmented, even if a late instance has joined the folder since
                 series_number=self.config.series_number,
                 series_description=self.config.series_description,
                 sop_instance_uid=sop_instance_uid,
