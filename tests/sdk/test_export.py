@@ -290,3 +290,15 @@ def test_onnxruntime_cuda_provider_matches_torch(nano, phantom_windows) -> None:
     model = load(nano[1].runtime.directory, device="cuda")
     expected = nano[0](phantom_windows)
     assert float((model(phantom_windows.cuda()).cpu() - expected).abs().max()) <= 1e-3
+
+
+def test_kernels_take_their_reference_path_while_exporting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Even with the Triton kernels forced (they run under the interpreter here), the graph holds plain ONNX ops."""
+    monkeypatch.setenv("MEDSSL_KERNELS", "triton")
+    card = nano_task_card("segment", ("background", "liver"))
+    card = type(card)(**{**card.__dict__, "inputs": {"3d": card.inputs["3d"]}})
+    folder = export_network(build_model(card).eval(), card, tmp_path / "export")
+    proto = onnx.load(str(folder / "model-3d.onnx"))
+    nodes = [*proto.graph.node, *(node for function in proto.functions for node in function.node)]
+    assert {node.domain for node in nodes} <= {"", "ai.onnx"}, "only standard ONNX operators (no custom kernel ops)"
+    assert ExportManifest.read(folder).graphs["3d"].max_abs_difference <= PARITY
