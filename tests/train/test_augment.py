@@ -75,3 +75,34 @@ def test_bad_arguments_are_refused() -> None:
         SSLViews(4, (1, 2, 3, 4))
     with pytest.raises(ValueError, match="spatial shape"):
         SegmentationAugment(2)(torch.zeros(1, 8, 8), torch.zeros(8, 9))
+
+
+def _view_means(views: SSLViews, image: torch.Tensor, seeds: range) -> torch.Tensor:
+    """(len(seeds), 2): the mean of each of the two views per seed."""
+    return torch.tensor([[view.mean().item() for view in views(image, seed=seed)] for seed in seeds])
+
+
+def test_the_two_3d_views_come_from_one_region_of_the_volume() -> None:
+    # intensity = position along the width (0 .. 10): a view's mean says where it was cut. Independent crops of a
+    # whole CT would be uncorrelated; the official loader cuts both views from one shared region, so they overlap.
+    image = torch.linspace(0, 10, 480).expand(1, 40, 64, 480).contiguous()
+    means = _view_means(SSLViews(3, (16, 32, 64)), image, range(40))
+    correlation = torch.corrcoef(means.T)[0, 1].item()
+    assert correlation > 0.8, correlation
+    region = SSLViews(3, (16, 32, 64)).region
+    region.set_random_state(0)
+    sizes = [tuple(region(image).shape[1:]) for _ in range(20)]
+    assert all(size[0] == 24 and 45 <= size[1] <= 58 for size in sizes)  # 1.5 x 16 slices; 1.4-1.8 x 32 (clamped to 64)
+    assert all(90 <= size[2] <= 116 for size in sizes) and len({size[2] for size in sizes}) > 5
+
+
+def test_2d_views_cover_14_to_100_percent_of_the_image() -> None:
+    # the official 2D views are RandomResizedCrop(224, scale=(0.14, 1)) of the whole radiograph: a view of a
+    # 1000-pixel-wide image spans hundreds of its columns, not one 224-pixel patch
+    image = torch.linspace(0, 10, 1000).expand(1, 900, 1000).contiguous()
+    spans = []
+    for seed in range(12):
+        for view in SSLViews(2, (64, 64))(image, seed=seed):
+            row = view[0].mean(dim=0)
+            spans.append((row.quantile(0.95) - row.quantile(0.05)).item())
+    assert min(spans) > 2.0 and max(spans) > 6.0, spans  # each view covers >= 0.37 of the width before jitter

@@ -1,7 +1,7 @@
 """Augmentations: the two SSL views of the UniMiSS paper, and joint image + label augmentation for fine-tuning.
 
     views = SSLViews(3, (16, 96, 96), seed=0)
-    first, second = views(image)               # image (C, *S) -> two (C, 16, 96, 96) views
+    first, second = views(image)               # image (C, *S) -> two overlapping (C, 16, 96, 96) views
     first, second = views(image, seed=1234)    # the same two views whenever this seed is given
 
     augment = SegmentationAugment(3, seed=0)
@@ -17,6 +17,7 @@ resumed run see the same views as an uninterrupted one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -33,6 +34,7 @@ from monai.transforms import (
     RandGaussianNoised,
     RandGaussianSmooth,
     RandGaussianSmoothd,
+    Randomizable,
     RandScaleIntensity,
     RandScaleIntensityd,
     RandShiftIntensity,
@@ -46,6 +48,14 @@ from monai.utils import convert_to_tensor
 PAPER_CROP_SIZE = {2: (224, 224), 3: (16, 96, 96)}
 #: Per-axis size of the region cut for a view, relative to the crop size, before it is resized to it (zoom).
 VIEW_SCALE = (0.8, 1.25)
+#: A 2D SSL view covers this fraction of the image's area, with an aspect ratio in VIEW_ASPECT_2D, before it is
+#: resized to the crop: the official loader's ``RandomResizedCrop(224, scale=(0.14, 1))`` of the whole radiograph.
+VIEW_AREA_2D = (0.14, 1.0)
+VIEW_ASPECT_2D = (3 / 4, 4 / 3)
+#: The two 3D SSL views come from one region of the volume, per axis (depth, height, width) this many times the
+#: crop size (the official loader: 24-slice sub-volumes for 16-slice views, an in-plane region of 1.4-1.8 crops),
+#: so that they overlap, as the two views of one image should.
+PAIR_REGION_3D = ((1.5, 1.5), (1.4, 1.8), (1.4, 1.8))
 #: Largest in-plane rotation (radians, about the first axis in 3D) and scaling of fine-tuning patches.
 ROTATION = 0.26
 SCALING = 0.15
@@ -78,6 +88,44 @@ class _Seeded:
     def _reseed(self, seed: int | None) -> None:
         if seed is not None:
             self.set_random_state(seed)
+
+
+class _RandomRegion(Randomizable):
+    """Cuts a region of a ``(C, *S)`` tensor at a uniformly random place; its size (at most the image's) comes
+    from :meth:`size`. A MONAI ``Randomizable``: ``set_random_state`` seeds it, alone or inside a ``Compose``."""
+
+    def size(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        spatial = tuple(image.shape[1:])
+        size = [min(max(1, s), n) for s, n in zip(self.size(spatial), spatial)]
+        starts = [int(self.R.randint(0, n - s + 1)) for s, n in zip(size, spatial)]
+        return image[(slice(None), *(slice(a, a + s) for a, s in zip(starts, size)))]
+
+
+class _AreaRegion(_RandomRegion):
+    """A region of U(``area``) times the image's area with an aspect ratio log-uniform in ``aspect``
+    (torchvision's ``RandomResizedCrop`` region; clipped to the image)."""
+
+    def __init__(self, area: tuple[float, float], aspect: tuple[float, float]) -> None:
+        self.area, self.aspect = area, aspect
+
+    def size(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        height, width = spatial
+        target = self.R.uniform(*self.area) * height * width
+        ratio = math.exp(self.R.uniform(math.log(self.aspect[0]), math.log(self.aspect[1])))
+        return round(math.sqrt(target / ratio)), round(math.sqrt(target * ratio))
+
+
+class _ScaledRegion(_RandomRegion):
+    """A region of ``crop_size`` times U(low, high) per axis (``scales``: one (low, high) per axis)."""
+
+    def __init__(self, crop_size: Sequence[int], scales: Sequence[tuple[float, float]]) -> None:
+        self.crop_size, self.scales = tuple(crop_size), tuple(scales)
+
+    def size(self, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(round(c * self.R.uniform(low, high)) for c, (low, high) in zip(self.crop_size, self.scales))
 
 
 def _check_dims(spatial_dims: int, size: Sequence[int], what: str) -> tuple[int, ...]:
@@ -118,28 +166,38 @@ class RandomView(_Seeded):
     """One augmented view of an image: random crop with zoom, flips, colour jitter, blur and noise.
 
     The crop: a region of ``crop_size`` times U(0.8, 1.25) per axis (at most the image) at a random place,
-    resized (bi/trilinear) to ``crop_size``: zooming in or out by up to 25 %. An image smaller than the crop
-    is first padded with its minimum (air for CT). Then each axis is flipped with probability 0.5 (``flip_axes``,
-    default all) and the intensity transforms of :func:`_intensity_transforms` follow.
+    resized (bi/trilinear) to ``crop_size``: zooming in or out by up to 25 %. With ``area`` (2D only) the region
+    covers instead U(``area``) of the image's area, aspect ratio 3/4-4/3 (torchvision's ``RandomResizedCrop``).
+    An image smaller than the crop is first padded with its minimum (air for CT). Then each axis is flipped with
+    probability 0.5 (``flip_axes``, default all) and the intensity transforms of :func:`_intensity_transforms`
+    follow.
 
     Args:
         spatial_dims: 2 or 3.
         crop_size: ``(H, W)`` or ``(D, H, W)`` output size.
         flip_axes: spatial axes that may be flipped.
+        area: (2D) the range of the region's share of the image's area, e.g. :data:`VIEW_AREA_2D`.
         seed: starts the random stream (None: OS entropy).
 
     Shapes: ``(C, *S)`` float -> ``(C, *crop_size)`` float32 (a plain tensor).
     """
 
     def __init__(
-        self, spatial_dims: int, crop_size: Sequence[int], *, flip_axes: Sequence[int] | None = None, seed: int | None = None
+        self, spatial_dims: int, crop_size: Sequence[int], *, flip_axes: Sequence[int] | None = None,
+        area: tuple[float, float] | None = None, seed: int | None = None,
     ) -> None:
         self.crop_size = _check_dims(spatial_dims, crop_size, "crop_size")
         axes = range(spatial_dims) if flip_axes is None else flip_axes
-        smallest = [max(1, round(c * VIEW_SCALE[0])) for c in self.crop_size]
-        largest = [max(1, round(c * VIEW_SCALE[1])) for c in self.crop_size]
+        if area is None:
+            smallest = [max(1, round(c * VIEW_SCALE[0])) for c in self.crop_size]
+            largest = [max(1, round(c * VIEW_SCALE[1])) for c in self.crop_size]
+            region: Randomizable = RandSpatialCrop(smallest, max_roi_size=largest, random_size=True)
+        elif spatial_dims == 2 and 0 < area[0] <= area[1] <= 1:
+            region = _AreaRegion(area, VIEW_ASPECT_2D)
+        else:
+            raise ValueError(f"area must be a (low, high) share of a 2D image's area in (0, 1]; got {area} for {spatial_dims}D")
         pipeline = Compose([
-            RandSpatialCrop(smallest, max_roi_size=largest, random_size=True),
+            region,
             Resize(self.crop_size, mode="bilinear" if spatial_dims == 2 else "trilinear", anti_aliasing=False),
             *(RandFlip(prob=0.5, spatial_axis=axis) for axis in axes),
             *_intensity_transforms(spatial_dims),
@@ -154,7 +212,13 @@ class RandomView(_Seeded):
 
 
 class SSLViews:
-    """The two augmented views of one image that UniMiSS's student and teacher see (paper Sec. 4.1).
+    """The two augmented views of one image that UniMiSS's student and teacher see (paper Sec. 4.1, with the
+    official data loaders' crops).
+
+    2D: each view is a :class:`RandomView` of a region covering 14-100 % of the image's area
+    (:data:`VIEW_AREA_2D`), resized to the crop, so a radiograph is seen whole or in large parts, as at
+    inference. 3D: a region of :data:`PAIR_REGION_3D` times the crop size is cut first, and both views
+    (:class:`RandomView`: crop x U(0.8, 1.25) per axis, resized) come from it, so they overlap.
 
     Args:
         spatial_dims: 2 or 3.
@@ -166,19 +230,30 @@ class SSLViews:
     """
 
     def __init__(self, spatial_dims: int, crop_size: Sequence[int] | None = None, *, seed: int | None = None) -> None:
-        self.view = RandomView(spatial_dims, crop_size or PAPER_CROP_SIZE[spatial_dims], seed=seed)
+        crop_size = crop_size or PAPER_CROP_SIZE[spatial_dims]
+        self.view = RandomView(spatial_dims, crop_size, area=VIEW_AREA_2D if spatial_dims == 2 else None)
+        self.region = _ScaledRegion(self.view.crop_size, PAIR_REGION_3D) if spatial_dims == 3 else None
+        self.set_random_state(seed)
 
     @property
     def crop_size(self) -> tuple[int, ...]:
         return self.view.crop_size
 
     def set_random_state(self, seed: int | None) -> None:
-        """Restart the random stream from ``seed``."""
+        """Restart the random stream from ``seed`` (None: from fresh OS entropy)."""
+        if seed is None:
+            seed = int(np.random.SeedSequence().generate_state(1)[0])
         self.view.set_random_state(seed)
+        if self.region is not None:  # its own stream, apart from the views'
+            self.region.set_random_state(int(np.random.SeedSequence([int(seed) % _MAX_SEED, 3]).generate_state(1)[0]))
 
     def __call__(self, image: torch.Tensor, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Two views of ``image``; ``seed`` re-seeds first, so the pair depends on it alone."""
-        self.view._reseed(seed)
+        if seed is not None:
+            self.set_random_state(seed)
+        if self.region is not None:
+            image = torch.as_tensor(image, dtype=torch.float32)
+            image = self.region(pad_to_size(image, self.crop_size, float(image.min())))
         return self.view(image), self.view(image)
 
 
