@@ -2,9 +2,10 @@
 from a shared queue: select a series, segment it, encode the SEG with deterministic UIDs, store it in the
 spool's results, mark the job ``inferred`` and hand it to the sender.
 
-The SEG's SOPInstanceUID and SeriesInstanceUID are derived from (source SeriesInstanceUID, model name, weights
-sha256), so the same study through the same model always yields the same instance: a resend after a crash is
-a duplicate the PACS recognises, not a second result.
+The SEG's SeriesInstanceUID is derived from (source SeriesInstanceUID, model name, weights sha256) and its
+SOPInstanceUID from those plus the medssl-sdk version and the segmented SOPInstanceUIDs: the same images through
+the same model and software always yield the same instance (a re-run is a duplicate the PACS recognises, not a
+second result), while different content (more images of the series, another software version) never reuses a UID.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import io
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from importlib.metadata import version
 from pathlib import Path
 
 import pydicom
@@ -29,10 +31,14 @@ from medssl_sdk.model import Model
 LOG = logging.getLogger("medssl.dicom_node.worker")
 
 
-def seg_uids(model: Model, source_series_uid: str) -> tuple[str, str]:
-    """(SOPInstanceUID, SeriesInstanceUID) of the SEG ``model`` makes for ``source_series_uid``; the same on every run."""
+def seg_uids(model: Model, source_series_uid: str, source_instance_uids: Iterable[str]) -> tuple[str, str]:
+    """(SOPInstanceUID, SeriesInstanceUID) of the SEG ``model`` makes of these images of ``source_series_uid``.
+
+    The same on every run for the same images (in any order), model and medssl-sdk version (see the module docstring).
+    """
     parts = (source_series_uid, model.card.name, model.card.weights.sha256 or "")
-    return derived_uid(*parts, "seg-instance"), derived_uid(*parts, "seg-series")
+    instance = derived_uid(*parts, version("medssl-sdk"), *sorted(source_instance_uids), "seg-instance")
+    return instance, derived_uid(*parts, "seg-series")
 
 
 def encode(dataset: pydicom.Dataset) -> bytes:
@@ -90,8 +96,10 @@ class InferenceWorker(threading.Thread):
             job = self.jobs.advance(job, JobState.SELECTED, series_uid=selection.series_uid)
         folder = self.spool.study_folder(study_uid) / str(job.series_uid)
         try:
-            sop_instance_uid, series_instance_uid = seg_uids(self.model, str(job.series_uid))
             segmentation = self.model.segment(folder, progress=False)
+            sop_instance_uid, series_instance_uid = seg_uids(
+                self.model, str(job.series_uid), segmentation.labels.metadata["sop_instance_uids"]
+            )
             segmented = [read_dicom_header(Path(file)) for file in segmentation.labels.metadata["files"]]
             seg = segmentation.to_dicom_seg(
                 segmented,  # exactly the images segmented, even if a late instance has joined the folder since
