@@ -39,3 +39,19 @@ def test_two_gloo_processes_fine_tune_one_model_and_rank_0_writes(tmp_path: Path
     record = json.loads((output / "training.json").read_text())
     assert record["best_step"] in (2, 4)
     assert load(output, device="cpu").card.name == "phantom-nano"
+
+
+def test_finetune_phantom_under_torchrun_has_one_writer(tmp_path: Path) -> None:
+    card = tmp_path / "card.toml"
+    card.write_text(PHANTOM_CARD)
+    output = tmp_path / "run"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "medssl_train.cli", "finetune-phantom", "--card", str(card), "--output", str(output),
+               "--steps", "2", "--batch-size", "1", "--warmup-steps", "0", "--validate-every", "1",
+               "--train-phantoms", "2", "--val-phantoms", "1", "--device", "cpu", "--quiet"]
+    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    assert finished.stdout.count("best validation mean Dice") == 1, finished.stdout
+    with open(output / "metrics.csv", newline="") as stream:
+        assert [int(row["step"]) for row in csv.DictReader(stream)] == [1, 2]

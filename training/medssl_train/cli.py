@@ -28,6 +28,7 @@ from medssl_train.data import (
     phantom_class_names,
     prepare_phantoms,
 )
+from medssl_train.distributed import distributed_session
 from medssl_train.evaluate import dice_by_class, mean_dice, phantom_pairs
 from medssl_train.finetune import METRICS_FILE, FinetuneConfig, finetune_segmentation
 from medssl_train.finetune_run import add_parser as add_finetune_parser
@@ -70,7 +71,8 @@ def _add_finetune_phantom(commands: argparse._SubParsersAction) -> None:
         help="train a segmentation card on synthetic CT phantoms",
         description=f"Fine-tune the segmentation model of a card on synthetic CT phantoms (labels: {', '.join(PHANTOM_LABELS)}). "
         f"Training phantoms have seeds 0..N-1, validation phantoms {VALIDATION_SEED_BASE}.., each on its own jittered "
-        "grid around the card's spacing. OUTPUT becomes a checkpoint directory (best validation step) with metrics.csv.",
+        "grid around the card's spacing. OUTPUT becomes a checkpoint directory (best validation step) with metrics.csv. "
+        "Under torchrun every process trains the one DDP model on its own patches (seed + rank); rank 0 validates and writes.",
     )
     command.add_argument("--card", type=Path, required=True, help="the card (TOML) of the model to train; task 'segment'")
     command.add_argument("--output", type=Path, required=True, help="checkpoint directory to write")
@@ -111,20 +113,24 @@ def _finetune_phantom(args: argparse.Namespace) -> int:
         steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr, weight_decay=args.weight_decay,
         schedule=args.schedule, warmup_steps=args.warmup_steps, validate_every=args.validate_every,
     )
-    device = pick_device(args.device)
-    say = (lambda *_: None) if args.quiet else print
-    say(f"making {args.train_phantoms} training and {args.val_phantoms} validation phantoms ...")
-    sampler = PatchSampler(prepare_phantoms(range(args.train_phantoms), spec), spec.patch_size, seed=args.seed)
-    validation_seeds = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + args.val_phantoms)
-    validation = [make_phantom(seed, *jittered_grid(seed, spec.spacing)) for seed in validation_seeds]
-    torch.manual_seed(args.seed)
-    network = build_model(card)
-    say(f"{card.name}: {sum(p.numel() for p in network.parameters()):,} parameters, training on {device}")
-    result = finetune_segmentation(network, card, sampler, validation, args.output, config, device=device,
-                                   progress=not args.quiet, overwrite=args.overwrite)
-    print(f"best validation mean Dice {result.best_mean_dice:.4f} at step {result.best_step} "
-          f"({', '.join(f'{k} {v:.3f}' for k, v in result.best_dice.items())}); {result.seconds:.0f} s")
-    print(f"wrote {result.directory / CONFIG_FILE}, model.safetensors (sha256 {result.card.weights.sha256}) and {METRICS_FILE}")
+    with distributed_session(pick_device(args.device)) as context:
+        say = print if context.is_main and not args.quiet else (lambda *_: None)
+        say(f"making {args.train_phantoms} training and {args.val_phantoms} validation phantoms ...")
+        cases = prepare_phantoms(range(args.train_phantoms), spec)
+        sampler = PatchSampler(cases, spec.patch_size, seed=args.seed + context.rank)  # each rank its own patches
+        validation_seeds = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + args.val_phantoms)
+        validation = [make_phantom(seed, *jittered_grid(seed, spec.spacing)) for seed in validation_seeds]
+        torch.manual_seed(args.seed)
+        network = build_model(card)
+        say(f"{card.name}: {sum(p.numel() for p in network.parameters()):,} parameters, training on {context.device} "
+            f"({context.world_size} process(es))")
+        result = finetune_segmentation(network, card, sampler, validation, args.output, config,
+                                       progress=not args.quiet, overwrite=args.overwrite, context=context)
+        if context.is_main:
+            print(f"best validation mean Dice {result.best_mean_dice:.4f} at step {result.best_step} "
+                  f"({', '.join(f'{k} {v:.3f}' for k, v in result.best_dice.items())}); {result.seconds:.0f} s")
+            print(f"wrote {result.directory / CONFIG_FILE}, model.safetensors (sha256 {result.card.weights.sha256}) and "
+                  f"{METRICS_FILE}")
     return 0
 
 
