@@ -84,6 +84,15 @@ def test_image_folder_reads_png_jpeg_and_dicom(tmp_path: Path) -> None:
     assert all(0.0 <= folder[i].min() and folder[i].max() <= 1.0 for i in range(3))
 
 
+def test_slices_of_a_ct_series_in_a_2d_folder_are_refused_when_listed(tmp_path: Path,
+                                                                       phantoms: list[tuple[Volume, Volume]]) -> None:
+    # not hours into a pre-training run, when the first of them is drawn
+    Image.fromarray(np.zeros((40, 50), dtype=np.uint8)).save(tmp_path / "a.png")
+    write_dicom_series(phantoms[0][0], tmp_path / "ct")
+    with pytest.raises(VolumeReadError, match=r"holds 16 slices of cross-sectional series .*ct.*--volumes"):
+        ImageFolder2D(tmp_path, SPEC_2D)
+
+
 def test_empty_and_bad_folders_are_named(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("x")

@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from medssl_sdk.io import read_volume
-from medssl_sdk.io.dicom_files import is_appledouble, read_dicom_header
+from medssl_sdk.io.dicom_files import frame_count, is_appledouble, read_dicom_header
 from medssl_sdk.io.errors import VolumeReadError
 from medssl_sdk.io.image_2d import IMAGE_SUFFIXES, is_image_path
 from medssl_sdk.io.nifti import NIFTI_SUFFIXES, is_nifti_path
@@ -153,16 +153,24 @@ def find_volumes(root: Path | str) -> list[ImageSource]:
 
 
 def find_images_2d(root: Path | str) -> list[ImageSource]:
-    """PNG/JPEG files and DICOM image files under ``root``, in path order."""
+    """PNG/JPEG files and DICOM image files under ``root``, in path order. Slices of cross-sectional series
+    (single-frame DICOM with ImagePositionPatient, as ``read_volume`` refuses them) are an error, raised here
+    rather than when a training run first draws one."""
     root = Path(root)
-    found = []
+    found, slices = [], []
     for path in _visible_files(root):
         if is_image_path(path):
             found.append(ImageSource(path))
             continue
         dataset = read_dicom_header(path)
         if dataset is not None and "PixelData" in dataset:
-            found.append(ImageSource(path))
+            if frame_count(dataset) == 1 and "ImagePositionPatient" in dataset:
+                slices.append(path)
+            else:
+                found.append(ImageSource(path))
+    if slices:
+        raise VolumeReadError(root, f"holds {len(slices)} slices of cross-sectional series (e.g. {slices[0]}), not standalone 2D "
+                                    "images (CR, DX, PNG, ...); move the series to the 3D folder (--volumes) or remove them")
     if not found:
         raise VolumeReadError(root, f"holds no 2D images ({', '.join(IMAGE_SUFFIXES)} or DICOM files)")
     return found
