@@ -17,7 +17,12 @@ from pynetdicom import AE
 from pynetdicom.sop_class import BasicTextSRStorage, CTImageStorage
 from studies import write_dicom_series
 
-from medssl_sdk.dicom_node.scp import STATUS_CANNOT_UNDERSTAND, STATUS_SOP_CLASS_NOT_SUPPORTED, StorageSCP
+from medssl_sdk.dicom_node.scp import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_SOP_CLASS_NOT_SUPPORTED,
+    StorageSCP,
+)
 from medssl_sdk.dicom_node.spool import Spool
 from medssl_sdk.volume import Volume
 
@@ -109,3 +114,14 @@ def test_associations_are_refused_below_the_disk_watermark(tmp_path: Path, caplo
     finally:
         scp.stop()
     assert "refused association from MODALITY@127.0.0.1" in caplog.text and "below the watermark min_free_mb" in caplog.text
+
+
+def test_a_store_on_an_open_association_is_refused_once_the_disk_runs_low(running, ct_files: list[Path]) -> None:
+    scp, port, received = running
+    association = associate(port, CTImageStorage)
+    assert association.send_c_store(dcmread(ct_files[0])).Status == 0
+    scp.min_free_mb = 1e12  # the spool's file system fills up while the association stays open
+    status = association.send_c_store(dcmread(ct_files[1])).Status
+    association.release()
+    assert status == STATUS_OUT_OF_RESOURCES and len(received) == 1
+    assert len(list(scp.spool.incoming.rglob("*.dcm"))) == 1
