@@ -89,8 +89,8 @@ def _cached_export(network: nn.Module, card: ModelCard) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         return export_network(network.cpu().eval(), card, folder)
-    except ExportError:
-        if is_export_folder(folder):  # another process exported it meanwhile
+    except (ExportError, OSError):
+        if is_export_folder(folder):  # another process exported it meanwhile (its rename came first)
             return folder
         raise
 
