@@ -125,7 +125,7 @@ def _relative_position_index(window_size: tuple[int, int, int]) -> np.ndarray:
 
 def _sliced_index(index_window: tuple[int, int, int], tokens: int) -> torch.Tensor:
     """(tokens, tokens) view of the index window's relative position index: its first ``tokens`` rows and columns."""
-    return torch.from_numpy(np.ascontiguousarray(_relative_position_index(index_window)[:tokens, :tokens]))
+    return torch.from_numpy(_relative_position_index(index_window)[:tokens, :tokens].copy())  # a writable copy
 
 
 def shift_mask(
