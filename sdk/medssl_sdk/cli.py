@@ -121,7 +121,7 @@ def _export(args: argparse.Namespace) -> None:
     branches = tuple(args.branch) if args.branch else None
     folder = model.export(
         args.output, format=args.format, precision=args.precision, branches=branches, max_batch=args.max_batch,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, progress=not args.quiet,
     )
     manifest = ExportManifest.read(folder)
     graphs = ", ".join(f"{g.file} (max |difference| to PyTorch {g.max_abs_difference:.2g})" for g in manifest.graphs.values())

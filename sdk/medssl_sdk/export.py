@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from medssl_zoo import ExportError, ModelCard
 from medssl_zoo.export import ExportSignature, export_signatures
@@ -171,6 +172,7 @@ def export_network(
     branches: tuple[str, ...] | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Export ``network`` (built from ``card``) to the folder ``path``; return it.
 
@@ -181,6 +183,7 @@ def export_network(
         branches: input branches to export (default: all of the card's).
         max_batch: the largest batch (sliding windows per call) engines are built for.
         overwrite: replace an existing export folder; anything else (a checkpoint, a file) is never replaced.
+        progress: show a progress bar over the graphs (tracing a large model takes a minute each).
 
     The folder appears complete or not at all (written beside it, then renamed).
     """
@@ -204,7 +207,8 @@ def export_network(
         require_tensorrt()  # before minutes of tracing
 
     def write(folder: Path) -> None:
-        graphs = {branch: _export_graph(network, signature, folder, max_batch) for branch, signature in signatures.items()}
+        steps = tqdm(signatures.items(), desc=f"export {card.name}", unit="graph", disable=not progress)
+        graphs = {branch: _export_graph(network, signature, folder, max_batch) for branch, signature in steps}
         engines: dict[str, EngineEntry] = {}
         if format == "tensorrt":
             from medssl_sdk.runtimes.tensorrt_backend import build_engine

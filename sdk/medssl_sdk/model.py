@@ -199,6 +199,7 @@ class Model:
         branches: tuple[str, ...] | None = None,
         max_batch: int = DEFAULT_MAX_BATCH,
         overwrite: bool = False,
+        progress: bool = False,
     ) -> Path:
         """Export the network to a self-describing folder that ``load(path)`` runs on ONNX Runtime or TensorRT.
 
