@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import json
 import logging
@@ -201,6 +202,7 @@ def export_network(
         raise ExportError(f"max_batch must be at least 1; got {max_batch}")
     signatures = export_signatures(card, branches)
     _check_export_target(path, overwrite)
+    _require_exporter()
     if format == "tensorrt":
         from medssl_sdk.runtimes.tensorrt_backend import require_tensorrt
 
@@ -236,7 +238,7 @@ def _check_export_target(path: Path, overwrite: bool) -> None:
 
 def _export_graph(network: nn.Module, signature: ExportSignature, folder: Path, max_batch: int) -> GraphEntry:
     """Trace one branch to ``folder/model-<branch>.onnx``, check it, and compare ONNX Runtime with the network."""
-    import onnx
+    onnx = _require_exporter()
 
     file = folder / f"model-{signature.branch}.onnx"
     parameter = next(network.parameters(), None)
@@ -284,9 +286,18 @@ def _quiet_exporter() -> Iterator[None]:
         exporter_log.setLevel(level)
 
 
-def _versions() -> dict[str, str]:
+def _require_exporter():
+    """The ``onnx`` module, once the exporter's packages (onnx, onnxscript, onnxruntime) are known to be present."""
+    missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ExportError(f"exporting needs {', '.join(missing)}: pip install 'medssl-sdk[onnx]'")
     import onnx
 
+    return onnx
+
+
+def _versions() -> dict[str, str]:
+    onnx = _require_exporter()
     return {"medssl-sdk": version("medssl-sdk"), "torch": torch.__version__, "onnx": onnx.__version__}
 
 
