@@ -43,23 +43,28 @@ def write_atomically(target: Path | str, write: Callable[[Path], None]) -> None:
 def write_directory_atomically(target: Path | str, write: Callable[[Path], None], replace: bool = False) -> None:
     """Call ``write(temporary)`` to fill a temporary folder beside ``target``, then rename it to ``target``.
 
-    Readers see either the old folder or the complete new one, never a half-written one. ``replace``: an
-    existing ``target`` is swapped out and deleted after the new one is in place (the caller decides whether
-    it may be); otherwise an existing ``target`` is an error. On any error the temporary folder is removed.
+    Readers never see a half-written folder. ``replace``: an existing ``target`` is renamed aside, the new one
+    renamed into place and the old one deleted (the caller decides whether it may be replaced); between the two
+    renames ``target`` is briefly absent, and if the second rename fails the old folder is put back. Without
+    ``replace`` an existing ``target`` is an error. On any error the temporary folder is removed.
     """
     target = Path(target)
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
         os.chmod(temporary, 0o777 & ~_UMASK)
         write(temporary)
-        for entry in temporary.iterdir():
-            with open(entry, "rb") as stream:
+        for file in (entry for entry in temporary.rglob("*") if entry.is_file()):
+            with open(file, "rb") as stream:
                 os.fsync(stream.fileno())
         if replace and target.exists():
             retired = temporary.with_suffix(".retired")
             os.rename(target, retired)
-            os.rename(temporary, target)
-            shutil.rmtree(retired)
+            try:
+                os.rename(temporary, target)
+            except BaseException:
+                os.rename(retired, target)  # the caller's folder is never left under a hidden name
+                raise
+            shutil.rmtree(retired, ignore_errors=True)
         else:
             os.rename(temporary, target)  # fails if target exists and is not an empty folder
     except BaseException:
