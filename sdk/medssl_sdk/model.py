@@ -208,7 +208,7 @@ class Model:
         """
         return export_network(
             self.network, self.card, path, format=format, precision=precision, branches=branches, max_batch=max_batch,
-            overwrite=overwrite,
+            overwrite=overwrite, progress=progress,
         )
 
     def push_to_hub(

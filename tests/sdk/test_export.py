@@ -213,6 +213,16 @@ def test_existing_folders_are_kept_and_only_exports_are_replaced(tmp_path: Path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folders left
 
 
+def test_model_export_shows_its_progress_bar_only_when_asked(tmp_path: Path, capsys) -> None:
+    card = nano_task_card("segment", ("background", "liver"))
+    card = type(card)(**{**card.__dict__, "inputs": {"2d": card.inputs["2d"]}})
+    model = Model(build_model(card).eval(), card)
+    model.export(tmp_path / "quiet")
+    assert f"export {card.name}" not in capsys.readouterr().err
+    model.export(tmp_path / "shown", progress=True)
+    assert f"export {card.name}" in capsys.readouterr().err
+
+
 def test_a_changed_graph_file_is_refused(tmp_path: Path) -> None:
     card = nano_task_card("segment", ("background", "liver"))
     card = type(card)(**{**card.__dict__, "inputs": {"2d": card.inputs["2d"]}})
