@@ -12,8 +12,10 @@ index, or use an NGC container.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
+import threading
 from pathlib import Path
 
 import torch
@@ -43,6 +45,14 @@ def require_tensorrt():
     return tensorrt
 
 
+@functools.cache
+def _logger():
+    """The one TensorRT logger of this process: TensorRT keeps a single logger pointer for all builders and runtimes,
+    so every one of them gets this object, which lives as long as the process."""
+    trt = require_tensorrt()
+    return trt.Logger(trt.Logger.WARNING)
+
+
 def current_target(device: torch.device) -> tuple[str, str]:
     """(GPU name, TensorRT version) engines built on ``device`` now are tied to."""
     return torch.cuda.get_device_name(device), require_tensorrt().__version__
@@ -57,9 +67,10 @@ def check_engine_compatible(entry: EngineEntry, gpu: str, tensorrt_version: str,
         problems.append(f"it was built with TensorRT {entry.tensorrt_version}, this is TensorRT {tensorrt_version}")
     if problems:
         raise ExportError(
-            f"{where}: cannot use this TensorRT engine: {'; '.join(problems)}. Rebuild it here with "
-            "`medssl export --format tensorrt` from the model, or load the folder with backend='tensorrt' after removing "
-            "its engines (they are then built and cached for this machine), or use backend='onnxruntime'"
+            f"{where}: cannot use this TensorRT engine: {'; '.join(problems)}. Rebuild it on this machine with "
+            "`medssl export --format tensorrt` from the model (or load the model's zoo name or checkpoint with "
+            "backend='tensorrt', which builds and caches an engine here), or run this folder's ONNX graphs with "
+            "backend='onnxruntime'"
         )
 
 
@@ -69,15 +80,26 @@ def build_engine(
     """Build and serialise a TensorRT engine for ``graph`` (its ONNX at ``onnx_file``) to ``engine_file``."""
     trt = require_tensorrt()
     device = device or torch.device("cuda", torch.cuda.current_device())
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
+    with torch.cuda.device(device):  # TensorRT builds for the current CUDA device
+        serialized = _build_serialized(trt, onnx_file, graph, precision, max_batch)
+    write_atomically(engine_file, lambda path: path.write_bytes(bytes(serialized)))
+    gpu, tensorrt_version = torch.cuda.get_device_name(device), trt.__version__
+    return EngineEntry(graph.signature.branch, engine_file.name, sha256_file(engine_file), graph.sha256, gpu,
+                       tensorrt_version, precision, max_batch)
+
+
+def _build_serialized(trt, onnx_file: Path, graph: GraphEntry, precision: str, max_batch: int):
+    """Parse ``onnx_file`` and build its engine on the current CUDA device; the serialised engine (``IHostMemory``)."""
+    builder = trt.Builder(_logger())
     network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
+    parser = trt.OnnxParser(network, _logger())
     if not parser.parse_from_file(str(onnx_file)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(f"{onnx_file}: TensorRT cannot parse this graph: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, BUILD_WORKSPACE_BYTES)
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)  # on by default: fp32 means fp32 matmuls and convolutions, not TF32
     if precision in ("fp16", "bf16"):
         config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
@@ -90,14 +112,10 @@ def build_engine(
     shape = graph.signature.input_shape
     profile.set_shape(graph.signature.input_name, (1, *shape), (max_batch, *shape), (max_batch, *shape))
     config.add_optimization_profile(profile)
-    with torch.cuda.device(device):
-        serialized = builder.build_serialized_network(network, config)
+    serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError(f"{onnx_file}: TensorRT could not build an engine (see its log above)")
-    write_atomically(engine_file, lambda path: path.write_bytes(bytes(serialized)))
-    gpu, tensorrt_version = torch.cuda.get_device_name(device), trt.__version__
-    return EngineEntry(graph.signature.branch, engine_file.name, sha256_file(engine_file), graph.sha256, gpu,
-                       tensorrt_version, precision, max_batch)
+    return serialized
 
 
 def cached_engine(
@@ -119,7 +137,10 @@ def cached_engine(
 
 
 class TensorRTRuntime(ExportedRuntime):
-    """Runs TensorRT engines (one per branch) on a CUDA device, on a stream of their own."""
+    """Runs TensorRT engines (one per branch) on a CUDA device, on a stream of their own.
+
+    Calls from several threads are serialised (an execution context runs one inference at a time).
+    """
 
     backend = "tensorrt"
 
@@ -129,7 +150,7 @@ class TensorRTRuntime(ExportedRuntime):
             raise ExportError(f"TensorRT runs on CUDA devices; got {device}")
         self.directory, self.manifest, self.device = Path(directory), manifest, device
         self._torch_dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16}
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._runtime = trt.Runtime(_logger())  # kept: a runtime must outlive the engines it deserialised
         gpu, tensorrt_version = current_target(device)
         self._engines, self._contexts, self._limits = {}, {}, {}
         for branch, graph in manifest.graphs.items():
@@ -137,17 +158,20 @@ class TensorRTRuntime(ExportedRuntime):
                 entry = manifest.engines[branch]
                 engine_file = Path(directory) / entry.file
                 check_engine_compatible(entry, gpu, tensorrt_version, engine_file)
+                if not engine_file.is_file():
+                    raise ExportError(f"{engine_file}: missing; the export folder is incomplete (re-export the model)")
                 if sha256_file(engine_file) != entry.sha256:
                     raise ExportError(f"{engine_file}: sha256 differs from the export's config.json; the engine was changed")
             else:
                 engine_file, entry = cached_engine(Path(directory) / graph.file, graph, precision, manifest.max_batch, device)
-            with torch.cuda.device(device):
-                engine = runtime.deserialize_cuda_engine(engine_file.read_bytes())
-            if engine is None:
-                raise ExportError(f"{engine_file}: TensorRT could not load this engine (see its log above)")
-            self._engines[branch], self._contexts[branch] = engine, engine.create_execution_context()
+            with torch.cuda.device(device):  # the engine's weights and the context's scratch memory go to this device
+                engine = self._runtime.deserialize_cuda_engine(engine_file.read_bytes())
+                if engine is None:
+                    raise ExportError(f"{engine_file}: TensorRT could not load this engine (see its log above)")
+                self._engines[branch], self._contexts[branch] = engine, engine.create_execution_context()
             self._limits[branch] = entry.max_batch
         self.stream = torch.cuda.Stream(device)
+        self._lock = threading.Lock()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         branch = self.branch_of(batch, self._engines)
@@ -156,6 +180,10 @@ class TensorRTRuntime(ExportedRuntime):
 
     def _execute(self, branch: str, batch: torch.Tensor) -> torch.Tensor:
         """One engine call on ``batch`` (at most the profile's max batch), ordered with the caller's stream."""
+        with self._lock, torch.cuda.device(self.device):
+            return self._execute_locked(branch, batch)
+
+    def _execute_locked(self, branch: str, batch: torch.Tensor) -> torch.Tensor:
         signature = self.manifest.graphs[branch].signature
         engine, context = self._engines[branch], self._contexts[branch]
         context.set_input_shape(signature.input_name, tuple(batch.shape))
