@@ -3,6 +3,9 @@ run by PyTorch, ONNX Runtime or TensorRT."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -80,10 +83,12 @@ def _load_network(
 
 
 def _cached_export(network: nn.Module, card: ModelCard) -> Path:
-    """The ONNX export of a network from the medssl cache, keyed by its card name and weights sha256."""
+    """The ONNX export of a network from the medssl cache, keyed by its whole card (weights sha256, labels,
+    pre-processing, patch size) and the medssl-sdk version that exports it."""
     if card.weights.sha256 is None:
         raise ExportError(f"model {card.name!r} has no pinned weights sha256 to key an export cache entry by")
-    folder = cache_root() / "exports" / f"{card.name}-{card.weights.sha256[:16]}"
+    described = json.dumps({"card": card.to_dict(), "medssl-sdk": version("medssl-sdk")}, sort_keys=True)
+    folder = cache_root() / "exports" / f"{card.name}-{hashlib.sha256(described.encode()).hexdigest()[:16]}"
     if is_export_folder(folder):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)

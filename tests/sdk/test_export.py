@@ -3,6 +3,7 @@ exports, the CLI, and clear errors for what cannot be done."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -211,6 +212,22 @@ def test_existing_folders_are_kept_and_only_exports_are_replaced(tmp_path: Path)
     export_network(network, card, folder, overwrite=True)
     assert ExportManifest.read(folder).graphs["2d"].sha256 != first
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folders left
+
+
+def test_a_checkpoint_with_another_card_is_not_served_a_stale_cached_export(tmp_path: Path) -> None:
+    """Same name and weights, other labels: the export cache must not hand back the first card."""
+    card = nano_task_card("segment", ("background", "liver"))
+    card = type(card)(**{**card.__dict__, "inputs": {"2d": card.inputs["2d"]}})
+    network = build_model(card).eval()
+    checkpoint = tmp_path / "checkpoint"
+    save_checkpoint(network, card, checkpoint)
+    first = load(checkpoint, backend="onnxruntime")
+    relabelled = dataclasses.replace(card, labels=(card.labels[0], dataclasses.replace(card.labels[1], name="tumour")))
+    save_checkpoint(network, relabelled, checkpoint, overwrite=True)
+    second = load(checkpoint, backend="onnxruntime")
+    assert [label.name for label in first.card.labels] == ["background", "liver"]
+    assert [label.name for label in second.card.labels] == ["background", "tumour"]
+    assert second.runtime.directory != first.runtime.directory
 
 
 def test_model_export_shows_its_progress_bar_only_when_asked(tmp_path: Path, capsys) -> None:

@@ -127,8 +127,11 @@ def cached_engine(
     folder = cache_root() / "tensorrt"
     engine_file, record = folder / f"{key}.engine", folder / f"{key}.json"
     if engine_file.is_file() and record.is_file():
-        entry = EngineEntry(**json.loads(record.read_text(encoding="utf-8")))
-        if sha256_file(engine_file) == entry.sha256:
+        try:
+            entry = EngineEntry(**json.loads(record.read_text(encoding="utf-8")))
+        except (ValueError, TypeError):  # a record from another medssl version or a torn disk: build again
+            entry = None
+        if entry is not None and sha256_file(engine_file) == entry.sha256:
             return engine_file, entry
     folder.mkdir(parents=True, exist_ok=True)
     entry = build_engine(onnx_file, graph, engine_file, precision, max_batch, device)
