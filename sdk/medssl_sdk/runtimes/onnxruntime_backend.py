@@ -97,6 +97,7 @@ class OnnxRuntimeRuntime(ExportedRuntime):
         binding.bind_output(graph.signature.output_name, "cuda", index, np.float32, output_shape, output.data_ptr())
         torch.cuda.current_stream(self.device).synchronize()  # the input is written before ONNX Runtime reads it
         session.run_with_iobinding(binding)
+        binding.synchronize_outputs()  # the output is written before torch reads it (whatever the run options)
         return output
 
 
