@@ -98,9 +98,15 @@ def _build_serialized(trt, onnx_file: Path, graph: GraphEntry, precision: str, m
         raise ExportError(f"{onnx_file}: TensorRT cannot parse this graph: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, BUILD_WORKSPACE_BYTES)
-    if precision == "fp32":
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
         config.clear_flag(trt.BuilderFlag.TF32)  # on by default: fp32 means fp32 matmuls and convolutions, not TF32
     if precision in ("fp16", "bf16"):
+        if not hasattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS"):  # TensorRT 11 removed weakly typed builds
+            raise ExportError(
+                f"TensorRT {trt.__version__} builds strongly typed networks only, so a {precision} engine needs a "
+                f"{precision} ONNX graph, which medssl does not write; use precision='fp32' or TensorRT 10.x for "
+                f"{precision} engines"
+            )
         config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
         config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
         for index in range(network.num_layers):  # statistics of normalisation in fp32: fp16 sums overflow
