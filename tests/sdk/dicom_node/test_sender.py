@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import SegmentationStorage
+from pynetdicom.transport import ThreadedAssociationServer
 
 from medssl_sdk.dicom_node.config import Destination
 from medssl_sdk.dicom_node.jobs import Job, JobState, JobStore
@@ -46,12 +48,25 @@ def spool_and_jobs(tmp_path: Path) -> tuple[Spool, JobStore]:
     return spool, JobStore(spool)
 
 
-def run_sender(spool: Spool, jobs: JobStore, destination: Destination) -> tuple[ResultSender, threading.Event]:
+def start_peer(on_store: Callable[[evt.Event], int]) -> tuple[ThreadedAssociationServer, int]:
+    """A PACS on a free loopback port answering C-STOREs of SEG with ``on_store(event)``; the server and its port."""
+    peer = AE(ae_title="PACS")
+    peer.add_supported_context(SegmentationStorage, ExplicitVRLittleEndian)
+    port = free_port()
+    return peer.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]), port
+
+
+def send_until(spool: Spool, jobs: JobStore, destination: Destination, state: JobState, what: str) -> Job:
+    """Run a sender on STUDY until its job reaches ``state`` (failing with ``what`` after 30 s); that job."""
     stopping = threading.Event()
     sender = ResultSender(spool, jobs, destination, "MEDSSL", stopping)
     sender.start()
     sender.submit(STUDY)
-    return sender, stopping
+    try:
+        return wait_until(lambda: (job := jobs.get(STUDY)).state is state and job, 30, what)
+    finally:
+        stopping.set()
+        sender.join()
 
 
 def test_a_refusing_peer_is_retried_with_backoff_until_it_stores(spool_and_jobs: tuple[Spool, JobStore]) -> None:
@@ -63,18 +78,12 @@ def test_a_refusing_peer_is_retried_with_backoff_until_it_stores(spool_and_jobs:
         arrivals.append(time.monotonic())
         return 0xA700 if len(arrivals) <= 2 else 0x0000  # out of resources, twice
 
-    peer = AE(ae_title="PACS")
-    peer.add_supported_context(SegmentationStorage, ExplicitVRLittleEndian)
-    port = free_port()
-    server = peer.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, busy_twice)])
+    server, port = start_peer(busy_twice)
     destination = Destination(ae_title="PACS", host="127.0.0.1", port=port, max_attempts=5, backoff_initial_s=0.2,
                               backoff_max_s=1.0, timeout_s=5)
-    sender, stopping = run_sender(spool, jobs, destination)
     try:
-        job = wait_until(lambda: (job := jobs.get(STUDY)).state is JobState.SENT and job, 30, "the job to be sent")
+        job = send_until(spool, jobs, destination, JobState.SENT, "the job to be sent")
     finally:
-        stopping.set()
-        sender.join()
         server.shutdown()
     assert job.send_attempts == 3 and len(arrivals) == 3
     gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
@@ -86,12 +95,7 @@ def test_an_unreachable_peer_fails_the_job_after_max_attempts(spool_and_jobs: tu
     inferred_job(spool, jobs)
     destination = Destination(ae_title="PACS", host="127.0.0.1", port=free_port(), max_attempts=2, backoff_initial_s=0.1,
                               backoff_max_s=0.1, timeout_s=2)
-    sender, stopping = run_sender(spool, jobs, destination)
-    try:
-        job = wait_until(lambda: (job := jobs.get(STUDY)).state is JobState.FAILED and job, 30, "the job to fail")
-    finally:
-        stopping.set()
-        sender.join()
+    job = send_until(spool, jobs, destination, JobState.FAILED, "the job to fail")
     assert job.send_attempts == 2
     assert job.reason.startswith(f"sending to PACS@127.0.0.1:{destination.port} failed: no association with")
 
@@ -107,13 +111,7 @@ def test_an_unreadable_result_fails_and_an_unexpected_error_does_not_stop_the_ot
     jobs.path(broken_job).write_text("{not json")  # jobs.get raises JobStateError
     inferred_job(spool, jobs, intact)
     stored: list[str] = []
-    peer = AE(ae_title="PACS")
-    peer.add_supported_context(SegmentationStorage, ExplicitVRLittleEndian)
-    port = free_port()
-    server = peer.start_server(
-        ("127.0.0.1", port), block=False,
-        evt_handlers=[(evt.EVT_C_STORE, lambda event: stored.append(event.dataset.StudyInstanceUID) or 0x0000)],
-    )
+    server, port = start_peer(lambda event: stored.append(event.dataset.StudyInstanceUID) or 0x0000)
     destination = Destination(ae_title="PACS", host="127.0.0.1", port=port, max_attempts=2, backoff_initial_s=0.1,
                               backoff_max_s=0.1, timeout_s=5)
     stopping = threading.Event()
