@@ -19,14 +19,14 @@ import torch
 
 from medssl_sdk.loading import load
 from medssl_sdk.model import pick_device
-from medssl_sdk.samples import PHANTOM_LABELS, make_phantom
+from medssl_sdk.samples import PHANTOM_LABELS
 from medssl_train.data import (
     EVALUATION_SEED_BASE,
     VALIDATION_SEED_BASE,
     PatchSampler,
-    jittered_grid,
     phantom_class_names,
     prepare_phantoms,
+    validation_phantoms,
 )
 from medssl_train.distributed import distributed_session
 from medssl_train.evaluate import dice_by_class, mean_dice, phantom_pairs
@@ -118,8 +118,7 @@ def _finetune_phantom(args: argparse.Namespace) -> int:
         say(f"making {args.train_phantoms} training and {args.val_phantoms} validation phantoms ...")
         cases = prepare_phantoms(range(args.train_phantoms), spec)
         sampler = PatchSampler(cases, spec.patch_size, seed=args.seed + context.rank)  # each rank its own patches
-        validation_seeds = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + args.val_phantoms)
-        validation = [make_phantom(seed, *jittered_grid(seed, spec.spacing)) for seed in validation_seeds]
+        validation = validation_phantoms(args.val_phantoms, spec.spacing)
         torch.manual_seed(args.seed)
         network = build_model(card)
         say(f"{card.name}: {sum(p.numel() for p in network.parameters()):,} parameters, training on {context.device} "

@@ -92,6 +92,13 @@ def jittered_grid(seed: int, spacing: Sequence[float]) -> tuple[tuple[int, ...],
     return tuple(max(1, round(e / s)) for e, s in zip(extents, jittered)), jittered
 
 
+def validation_phantoms(count: int, spacing: Sequence[float]) -> list[tuple[Volume, Volume]]:
+    """``(image, labels)`` of the first ``count`` validation phantoms (seeds from :data:`VALIDATION_SEED_BASE`),
+    each on its own :func:`jittered_grid` around ``spacing``."""
+    seeds = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + count)
+    return [make_phantom(seed, *jittered_grid(seed, spacing)) for seed in seeds]
+
+
 def prepare_phantoms(seeds: Iterable[int], spec: InputSpec, jitter: bool = True) -> list[PreparedCase]:
     """Phantoms of ``seeds`` pre-processed for the 3D input ``spec``: on a :func:`jittered_grid` each, or, without
     ``jitter``, at the default phantom shape drawn at ``spec.spacing``."""

@@ -26,9 +26,8 @@ import torch
 from medssl_sdk.hub import TRAINING_RECORD
 from medssl_sdk.loading import load
 from medssl_sdk.model import pick_device
-from medssl_sdk.samples import make_phantom
 from medssl_train.augment import RandomView, SegmentationAugment
-from medssl_train.data import VALIDATION_SEED_BASE, PatchSampler, jittered_grid, phantom_class_names, prepare_phantoms
+from medssl_train.data import PatchSampler, phantom_class_names, prepare_phantoms, validation_phantoms
 from medssl_train.datasets import ClassificationFolder, SegmentationFolder, endless, make_loader
 from medssl_train.distributed import DistributedContext, distributed_session
 from medssl_train.finetune import (
@@ -251,8 +250,7 @@ def _segmentation_data(config: RunConfig, spec: Any, dims: int, seed: int) -> tu
     augment = SegmentationAugment(dims, seed=seed) if config.data.augment else None
     if config.data.kind == "phantom":
         cases = prepare_phantoms(range(config.data.train_phantoms), spec)
-        seeds = range(VALIDATION_SEED_BASE, VALIDATION_SEED_BASE + config.data.val_phantoms)
-        validation = [make_phantom(seed, *jittered_grid(seed, spec.spacing)) for seed in seeds]
+        validation = validation_phantoms(config.data.val_phantoms, spec.spacing)
     else:
         train = SegmentationFolder(config.data.train, spec, cache_dir=config.data.cache_dir)
         cases = [train.case(index) for index in range(len(train))]
