@@ -41,7 +41,7 @@ from pydicom.uid import generate_uid
 
 from medssl_sdk.io import DicomSeriesInfo, check_output_path, list_dicom_series
 from medssl_sdk.io.dicom_files import read_dicom_header, require_single_frame
-from medssl_sdk.io.dicom_geometry import ABSOLUTE_TOLERANCE_MM, RELATIVE_TOLERANCE
+from medssl_sdk.io.dicom_geometry import ABSOLUTE_TOLERANCE_MM, RELATIVE_TOLERANCE, SlicePlane
 from medssl_sdk.io.dicom_tags import tag_numbers
 from medssl_sdk.io.errors import VolumeReadError
 from medssl_sdk.volume import LPS_TO_RAS, Volume
@@ -300,11 +300,8 @@ def _corners_lps(dataset: Dataset, where: Path) -> np.ndarray:
     position = tag_numbers(dataset, "ImagePositionPatient", 3, where)
     orientation = tag_numbers(dataset, "ImageOrientationPatient", 6, where)
     row_spacing, column_spacing = tag_numbers(dataset, "PixelSpacing", 2, where, positive=True)
-    affine = np.eye(4)
-    affine[:3, 1] = orientation[3:] * row_spacing
-    affine[:3, 2] = orientation[:3] * column_spacing
-    affine[:3, 3] = position
-    return _corners_lps_of_slice(affine, 0, (int(dataset.Rows), int(dataset.Columns)))
+    plane = SlicePlane(orientation[:3], orientation[3:], float(row_spacing), float(column_spacing))
+    return _corners_lps_of_slice(plane.affine_lps(position, np.zeros(3)), 0, (int(dataset.Rows), int(dataset.Columns)))
 
 
 def _corners_lps_of_slice(affine_lps: np.ndarray, index: int, size: tuple[int, int]) -> np.ndarray:
