@@ -20,7 +20,6 @@ Graphs are traced at the card's patch size with the kernels on their PyTorch ref
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import io
 import json
@@ -39,7 +38,7 @@ from tqdm.auto import tqdm
 from medssl_zoo import ExportError, ModelCard
 from medssl_zoo.export import ExportSignature, export_signatures
 from medssl_zoo.files import write_directory_atomically
-from medssl_zoo.weights import CONFIG_FILE
+from medssl_zoo.weights import CONFIG_FILE, sha256_of
 
 FORMAT = "medssl-export"
 FORMAT_VERSION = 1
@@ -155,14 +154,6 @@ def is_export_folder(path: Path | str) -> bool:
         return False
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export_network(
     network: nn.Module,
     card: ModelCard,
@@ -269,7 +260,7 @@ def _export_graph(network: nn.Module, signature: ExportSignature, folder: Path, 
             f"the exported {signature.branch} graph disagrees with the network: max |difference| {difference:.3g} "
             f"(outputs up to {scale:.3g}); please report this with the model name"
         )
-    return GraphEntry(signature, file.name, sha256_file(file), difference)
+    return GraphEntry(signature, file.name, sha256_of(file), difference)
 
 
 @contextlib.contextmanager

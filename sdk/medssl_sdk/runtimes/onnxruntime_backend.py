@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medssl_sdk.export import ExportManifest, GraphEntry, sha256_file
+from medssl_sdk.export import ExportManifest, GraphEntry
 from medssl_sdk.runtimes.base import ExportedRuntime
 from medssl_zoo import ExportError
+from medssl_zoo.weights import sha256_of
 
 #: GPU providers in order of preference.
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -104,6 +105,6 @@ class OnnxRuntimeRuntime(ExportedRuntime):
 def _check_graph_file(file: Path, graph: GraphEntry) -> None:
     if not file.is_file():
         raise ExportError(f"{file}: missing; the export folder is incomplete (re-export the model)")
-    actual = sha256_file(file)
+    actual = sha256_of(file)
     if actual != graph.sha256:
         raise ExportError(f"{file}: sha256 {actual} differs from the export's config.json ({graph.sha256}); the file was changed")

@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from medssl_sdk.cache import cache_root
-from medssl_sdk.export import EngineEntry, ExportManifest, GraphEntry, sha256_file
+from medssl_sdk.export import EngineEntry, ExportManifest, GraphEntry
 from medssl_sdk.runtimes.base import ExportedRuntime, run_in_chunks
 from medssl_zoo import ExportError
 from medssl_zoo.files import write_atomically
+from medssl_zoo.weights import sha256_of
 
 #: Scratch memory TensorRT may use while building (tactics needing more are skipped).
 BUILD_WORKSPACE_BYTES = 8 << 30
@@ -84,7 +85,7 @@ def build_engine(
         serialized = _build_serialized(trt, onnx_file, graph, precision, max_batch)
     write_atomically(engine_file, lambda path: path.write_bytes(bytes(serialized)))
     gpu, tensorrt_version = torch.cuda.get_device_name(device), trt.__version__
-    return EngineEntry(graph.signature.branch, engine_file.name, sha256_file(engine_file), graph.sha256, gpu,
+    return EngineEntry(graph.signature.branch, engine_file.name, sha256_of(engine_file), graph.sha256, gpu,
                        tensorrt_version, precision, max_batch)
 
 
@@ -137,7 +138,7 @@ def cached_engine(
             entry = EngineEntry(**json.loads(record.read_text(encoding="utf-8")))
         except (ValueError, TypeError):  # a record from another medssl version or a torn disk: build again
             entry = None
-        if entry is not None and sha256_file(engine_file) == entry.sha256:
+        if entry is not None and sha256_of(engine_file) == entry.sha256:
             return engine_file, entry
     folder.mkdir(parents=True, exist_ok=True)
     entry = build_engine(onnx_file, graph, engine_file, precision, max_batch, device)
@@ -169,7 +170,7 @@ class TensorRTRuntime(ExportedRuntime):
                 check_engine_compatible(entry, gpu, tensorrt_version, engine_file)
                 if not engine_file.is_file():
                     raise ExportError(f"{engine_file}: missing; the export folder is incomplete (re-export the model)")
-                if sha256_file(engine_file) != entry.sha256:
+                if sha256_of(engine_file) != entry.sha256:
                     raise ExportError(f"{engine_file}: sha256 differs from the export's config.json; the engine was changed")
             else:
                 engine_file, entry = cached_engine(Path(directory) / graph.file, graph, precision, manifest.max_batch, device)
