@@ -103,16 +103,16 @@ class NodeConfig:
     log_level: str = "INFO"
 
 
-#: TOML section -> (dataclass it fills, attribute of NodeConfig holding it or None for NodeConfig itself).
-_SECTIONS: dict[str, tuple[type, str | None]] = {
-    "node": (NodeConfig, None),
-    "model": (NodeConfig, None),
-    "destination": (Destination, "destination"),
-    "selection": (SelectionRules, "selection"),
-}
 #: Keys of NodeConfig read from each of its two sections.
 _NODE_KEYS = {"ae_title", "host", "port", "spool_dir", "min_free_mb", "quiet_period_s", "max_associations", "log_level"}
 _MODEL_KEYS = {"name", "weights", "devices", "series_number", "series_description"}
+#: TOML section -> the keys it may hold.
+_SECTION_KEYS: dict[str, set[str]] = {
+    "node": _NODE_KEYS,
+    "model": _MODEL_KEYS,
+    "destination": {f.name for f in fields(Destination)},
+    "selection": {f.name for f in fields(SelectionRules)},
+}
 #: Command-line flags whose name is not ``--`` + the field name with dashes.
 _FLAG_NAMES = {"quiet_period_s": "--quiet-period", "devices": "--device"}
 
@@ -127,9 +127,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
     values: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {"destination": {}, "selection": {}}
     for section, table in raw.items():
-        if section not in _SECTIONS or not isinstance(table, dict):
-            raise ConfigError(f"{source}: unknown section [{section}]; sections are {', '.join(f'[{s}]' for s in _SECTIONS)}")
-        allowed = {"node": _NODE_KEYS, "model": _MODEL_KEYS}.get(section) or {f.name for f in fields(_SECTIONS[section][0])}
+        if section not in _SECTION_KEYS or not isinstance(table, dict):
+            raise ConfigError(f"{source}: unknown section [{section}]; sections are {', '.join(f'[{s}]' for s in _SECTION_KEYS)}")
+        allowed = _SECTION_KEYS[section]
         for key, value in table.items():
             if key not in allowed:
                 raise ConfigError(f"{source}: [{section}] {key}: unknown key; allowed: {', '.join(sorted(allowed))}")
