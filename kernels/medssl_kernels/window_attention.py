@@ -326,6 +326,20 @@ if triton is not None:
         return tl.load(base + rows[:, None] + dims[None, :] * s_c, mask=mask, other=0.0)
 
     @triton.jit
+    def _store_tile(base, value, grid_d, grid_h, grid_w, valid, dims, s_d, s_h, s_w, s_c, HEAD_DIM: tl.constexpr):
+        """Store the (tokens, BLOCK_D) ``value`` at the given grid positions in the buffer's dtype, only inside
+        ``valid`` x ``HEAD_DIM``: the inverse of :func:`_tile`."""
+        rows = grid_d * s_d + grid_h * s_h + grid_w * s_w
+        mask = valid[:, None] & (dims[None, :] < HEAD_DIM)
+        tl.store(base + rows[:, None] + dims[None, :] * s_c, value.to(base.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _program_window(HEADS):
+        """This program's batch and head (program_id(2) = b * HEADS + h; int64, as strides x coordinates can pass
+        2^31) and its window (program_id(1))."""
+        return (tl.program_id(2) // HEADS).to(tl.int64), (tl.program_id(2) % HEADS).to(tl.int64), tl.program_id(1)
+
+    @triton.jit
     def _logits(
         q, k, Table, stt, sth, h, rows, keys, q_region, k_region, valid, key_valid, scale,
         ID: tl.constexpr, IH: tl.constexpr, IW: tl.constexpr, PRECISION: tl.constexpr, MASK_VALUE: tl.constexpr,
@@ -355,9 +369,7 @@ if triton is not None:
     ):  # fmt: skip
         """One program: BLOCK_M queries of one window of one (batch, head) against the window's keys, online softmax."""
         N = WD * WH * WW
-        b = (tl.program_id(2) // HEADS).to(tl.int64)  # int64 offsets: strides x coordinates can pass 2^31
-        h = (tl.program_id(2) % HEADS).to(tl.int64)
-        window = tl.program_id(1)
+        b, h, window = _program_window(HEADS)
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, BLOCK_D)
         gd, gh, gw, q_region = _locate(rows, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
@@ -380,10 +392,7 @@ if triton is not None:
             v = _tile(V + b * svb + h * svh, hd, hh, hw, keys < N, dims, svd, svy, svx, svc, HEAD_DIM)
             acc = acc * correction[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             row_max = new_max
-        acc = acc / row_sum[:, None]
-        out_rows = b * sob + h * soh + gd * sod + gh * soy + gw * sox
-        out_mask = (rows[:, None] < N) & (dims[None, :] < HEAD_DIM)
-        tl.store(Out + out_rows[:, None] + dims[None, :] * soc, acc.to(Out.dtype.element_ty), mask=out_mask)
+        _store_tile(Out + b * sob + h * soh, acc / row_sum[:, None], gd, gh, gw, rows < N, dims, sod, soy, sox, soc, HEAD_DIM)
         lse_rows = ((tl.program_id(2) * D + gd) * H + gh) * W + gw
         tl.store(Lse + lse_rows, row_max + tl.log2(row_sum), mask=rows < N)
 
@@ -429,9 +438,7 @@ if triton is not None:
     ):  # fmt: skip
         """One program: dQ of BLOCK_M queries of one window of one (batch, head), summed over the window's keys."""
         N = WD * WH * WW
-        b = (tl.program_id(2) // HEADS).to(tl.int64)  # int64 offsets: strides x coordinates can pass 2^31
-        h = (tl.program_id(2) % HEADS).to(tl.int64)
-        window = tl.program_id(1)
+        b, h, window = _program_window(HEADS)
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         dims = tl.arange(0, BLOCK_D)
         grad_q = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -445,9 +452,7 @@ if triton is not None:
             )  # fmt: skip
             grad_q += tl.dot(grad_logits.to(k.dtype), k, input_precision=PRECISION)
         gd, gh, gw, _ = _locate(rows, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
-        out_rows = b * sdqb + h * sdqh + gd * sdqd + gh * sdqy + gw * sdqx
-        out_mask = (rows[:, None] < N) & (dims[None, :] < HEAD_DIM)
-        tl.store(dQ + out_rows[:, None] + dims[None, :] * sdqc, (grad_q * scale).to(dQ.dtype.element_ty), mask=out_mask)
+        _store_tile(dQ + b * sdqb + h * sdqh, grad_q * scale, gd, gh, gw, rows < N, dims, sdqd, sdqy, sdqx, sdqc, HEAD_DIM)
 
     @triton.jit
     def _window_backward_kv_kernel(
@@ -461,9 +466,7 @@ if triton is not None:
     ):  # fmt: skip
         """One program: dK and dV of BLOCK_N keys of one window of one (batch, head), summed over the window's queries."""
         N = WD * WH * WW
-        b = (tl.program_id(2) // HEADS).to(tl.int64)  # int64 offsets: strides x coordinates can pass 2^31
-        h = (tl.program_id(2) % HEADS).to(tl.int64)
-        window = tl.program_id(1)
+        b, h, window = _program_window(HEADS)
         keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
         dims = tl.arange(0, BLOCK_D)
         grad_k = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
@@ -479,11 +482,8 @@ if triton is not None:
             grad_v += tl.dot(tl.trans(p.to(grad_out.dtype)), grad_out, input_precision=PRECISION)
             grad_k += tl.dot(tl.trans(grad_logits.to(q.dtype)), q, input_precision=PRECISION)
         hd, hh, hw, _ = _locate(keys, window, SHIFT_D, SHIFT_H, SHIFT_W, D, H, W, WD, WH, WW)
-        mask = (keys[:, None] < N) & (dims[None, :] < HEAD_DIM)
-        key_k = b * sdkb + h * sdkh + hd * sdkd + hh * sdky + hw * sdkx
-        tl.store(dK + key_k[:, None] + dims[None, :] * sdkc, (grad_k * scale).to(dK.dtype.element_ty), mask=mask)
-        key_v = b * sdvb + h * sdvh + hd * sdvd + hh * sdvy + hw * sdvx
-        tl.store(dV + key_v[:, None] + dims[None, :] * sdvc, grad_v.to(dV.dtype.element_ty), mask=mask)
+        _store_tile(dK + b * sdkb + h * sdkh, grad_k * scale, hd, hh, hw, keys < N, dims, sdkd, sdky, sdkx, sdkc, HEAD_DIM)
+        _store_tile(dV + b * sdvb + h * sdvh, grad_v, hd, hh, hw, keys < N, dims, sdvd, sdvy, sdvx, sdvc, HEAD_DIM)
 
     @triton.jit
     def _window_backward_bias_kernel(
