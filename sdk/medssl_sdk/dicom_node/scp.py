@@ -25,6 +25,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification
 
 from medssl_sdk.dicom_node.spool import Spool, SpoolError
+from medssl_sdk.io.dicom_files import frame_count
 
 LOG = logging.getLogger("medssl.dicom_node.scp")
 
@@ -160,8 +161,7 @@ def _check_pixel_data(dataset: Dataset, transfer_syntax: uid.UID) -> None:
         raise SpoolError("the data set has no PixelData")
     if transfer_syntax.is_compressed:
         return  # encapsulated fragments: checked when decoded
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    shape = (dataset.get("Rows", 0), dataset.get("Columns", 0), dataset.get("SamplesPerPixel", 1), frames)
+    shape = (dataset.get("Rows", 0), dataset.get("Columns", 0), dataset.get("SamplesPerPixel", 1), frame_count(dataset))
     expected = int(np.prod(shape, dtype=np.int64)) * int(dataset.get("BitsAllocated", 16)) // 8
     actual = len(dataset.PixelData)
     if actual not in (expected, expected + 1):  # + 1: an odd length is padded

@@ -16,6 +16,7 @@ import pydicom
 
 from medssl_sdk.dicom_node.config import SelectionRules
 from medssl_sdk.dicom_node.spool import finished_files
+from medssl_sdk.io.dicom_files import frame_count
 
 #: ``ORIENTATIONS`` name per patient axis (x: sagittal normal, y: coronal, z: axial).
 _PLANE_BY_AXIS = ("sagittal", "coronal", "axial")
@@ -67,7 +68,7 @@ def series_problem(folder: Path, rules: SelectionRules) -> tuple[str | None, int
     grids = set()
     for header in headers:
         orientation = header.get("ImageOrientationPatient")
-        if orientation is None or len(orientation) != 6 or int(header.get("NumberOfFrames", 1) or 1) != 1:
+        if orientation is None or len(orientation) != 6 or frame_count(header) != 1:
             return "not a stack of single-frame cross-sectional images (no ImageOrientationPatient or multi-frame)", count
         grids.add((tuple(round(float(value), 4) for value in orientation), header.get("Rows"), header.get("Columns")))
     if len(grids) > 1:
