@@ -196,11 +196,13 @@ if triton is not None:
         tl.store(Lse + tl.program_id(1) * NQ + rows, row_max + tl.log2(row_sum), mask=rows < NQ)
 
     @triton.jit
-    def _probabilities(q, k, lse, rows, keys, qk_scale_log2, NQ, NK, PRECISION: tl.constexpr):
-        """Softmax probabilities (BLOCK_M, BLOCK_N) recomputed from the saved base-2 log-sum-exp; 0 off the edges."""
-        logits = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale_log2
-        p = tl.exp2(logits - lse[:, None])
-        return tl.where((rows[:, None] < NQ) & (keys[None, :] < NK), p, 0.0)
+    def _tile_gradients(q, k, v, grad_out, lse, delta, rows, keys, scale, NQ, NK, PRECISION: tl.constexpr):
+        """The probabilities P, recomputed from the saved base-2 log-sum-exp, and the logit gradient
+        dS = P * (dO V^T - rowsum(dO * O)), both (BLOCK_M, BLOCK_N) and 0 off the edges."""
+        logits = tl.dot(q, tl.trans(k), input_precision=PRECISION) * (scale * 1.4426950408889634)
+        p = tl.where((rows[:, None] < NQ) & (keys[None, :] < NK), tl.exp2(logits - lse[:, None]), 0.0)
+        grad_p = tl.dot(grad_out, tl.trans(v), input_precision=PRECISION)
+        return p, p * (grad_p - delta[:, None])
 
     @triton.jit
     def _sra_backward_kv_kernel(
@@ -229,10 +231,8 @@ if triton is not None:
             grad_out = _tile(dOut + b * sdob + h * sdoh, rows, dims, sdon, sdod, NQ, HEAD_DIM)
             lse = tl.load(Lse + row_base + rows, mask=rows < NQ, other=0.0)
             delta = tl.load(Delta + row_base + rows, mask=rows < NQ, other=0.0)
-            p = _probabilities(q, k, lse, rows, keys, scale * 1.4426950408889634, NQ, NK, PRECISION)
+            p, grad_logits = _tile_gradients(q, k, v, grad_out, lse, delta, rows, keys, scale, NQ, NK, PRECISION)
             grad_v += tl.dot(tl.trans(p.to(grad_out.dtype)), grad_out, input_precision=PRECISION)
-            grad_p = tl.dot(grad_out, tl.trans(v), input_precision=PRECISION)
-            grad_logits = p * (grad_p - delta[:, None])
             grad_k += tl.dot(tl.trans(grad_logits.to(q.dtype)), q, input_precision=PRECISION)
         mask = (keys[:, None] < NK) & (dims[None, :] < HEAD_DIM)
         tl.atomic_add(dK + b * sdkb + h * sdkh + keys[:, None] * sdkn + dims[None, :] * sdkd, grad_k * scale, mask=mask)
@@ -262,9 +262,7 @@ if triton is not None:
             keys = start + tl.arange(0, BLOCK_N)
             k = _tile(K + b * skb + h * skh, keys, dims, skn, skd, NK, HEAD_DIM)
             v = _tile(V + b * svb + h * svh, keys, dims, svn, svd, NK, HEAD_DIM)
-            p = _probabilities(q, k, lse, rows, keys, scale * 1.4426950408889634, NQ, NK, PRECISION)
-            grad_p = tl.dot(grad_out, tl.trans(v), input_precision=PRECISION)
-            grad_logits = p * (grad_p - delta[:, None])
+            _, grad_logits = _tile_gradients(q, k, v, grad_out, lse, delta, rows, keys, scale, NQ, NK, PRECISION)
             grad_q += tl.dot(grad_logits.to(k.dtype), k, input_precision=PRECISION)
         mask = (rows[:, None] < NQ) & (dims[None, :] < HEAD_DIM)
         grad_q = grad_q * scale
