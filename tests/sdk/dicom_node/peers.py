@@ -16,6 +16,9 @@ import urllib.request
 from pathlib import Path
 
 import pydicom
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.association import Association
 
 #: Orthanc's Lua hook appends the SOPInstanceUID of every instance it stores, re-stores (overwrites) included, so a
 #: second C-STORE of a SEG with the same UID shows up as a second line even though Orthanc keeps one instance.
@@ -180,6 +183,14 @@ def storescu(
     if background:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def associate(port: int, *sop_classes: str) -> Association:
+    """An association from AE MODALITY to MEDSSL at ``127.0.0.1:port`` proposing ``sop_classes`` (Explicit VR LE)."""
+    ae = AE(ae_title="MODALITY")
+    for sop_class in sop_classes:
+        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
+    return ae.associate("127.0.0.1", port, ae_title="MEDSSL")
 
 
 def echoscu(port: int, ae_title: str = "MEDSSL") -> subprocess.CompletedProcess:

@@ -9,11 +9,10 @@ import shutil
 import time
 from pathlib import Path
 
-from peers import Orthanc, echoscu, free_port, storescu, wait_until
+from peers import Orthanc, associate, echoscu, free_port, storescu, wait_until
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import BasicTextSRStorage, ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 from studies import Study, write_study
 
@@ -111,9 +110,7 @@ def test_bad_input_is_rejected_or_skipped_and_the_node_keeps_serving(orthanc: Or
     corrupt_source = write_study(studies, seed=401, shape=(8, 32, 32))
     truncated = tmp_path / "truncated.dcm"
     truncated.write_bytes(sorted(corrupt_source.series_folder.iterdir())[0].read_bytes()[:-300])
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    association = ae.associate("127.0.0.1", node.port, ae_title="MEDSSL")
+    association = associate(node.port, CTImageStorage)
     status = association.send_c_store(truncated).Status
     association.release()
     assert status == 0xC210

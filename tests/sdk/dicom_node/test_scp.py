@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from peers import echoscu, free_port
+from peers import associate, echoscu, free_port
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE
 from pynetdicom.sop_class import BasicTextSRStorage, CTImageStorage
 from studies import write_dicom_series
 
@@ -46,13 +45,6 @@ def running(tmp_path: Path) -> Iterator[tuple[StorageSCP, int, list[tuple[str, s
     scp, port, received = start_scp(tmp_path, min_free_mb=1.0)
     yield scp, port, received
     scp.stop()
-
-
-def associate(port: int, *sop_classes: str):
-    ae = AE(ae_title="MODALITY")
-    for sop_class in sop_classes:
-        ae.add_requested_context(sop_class, ExplicitVRLittleEndian)
-    return ae.associate("127.0.0.1", port, ae_title="MEDSSL")
 
 
 def test_echo_and_store_land_in_the_spool(running, ct_files: list[Path]) -> None:

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from peers import free_port, wait_until
+from peers import associate, free_port, wait_until
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 from studies import write_dicom_series
 
@@ -25,9 +23,7 @@ from medssl_sdk.volume import Volume
 def send_study(port: int, folder: Path, seed: int) -> str:
     """C-STORE a 2-slice CT study to the node; its StudyInstanceUID."""
     paths = write_dicom_series(Volume(np.zeros((2, 8, 8), np.float32), np.eye(4)), folder, seed=seed)
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    association = ae.associate("127.0.0.1", port, ae_title="MEDSSL")
+    association = associate(port, CTImageStorage)
     assert [association.send_c_store(dcmread(path)).Status for path in paths] == [0, 0]
     association.release()
     return str(dcmread(paths[0]).StudyInstanceUID)
