@@ -123,7 +123,7 @@ def to_dicom_seg(
         source_images=frames,
         pixel_array=segment_numbers,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=_segment_descriptions(segmentation, software),
+        segment_descriptions=_segment_descriptions(hd, segmentation, software),
         series_instance_uid=series_instance_uid or generate_uid(),
         series_number=number,
         sop_instance_uid=sop_instance_uid or generate_uid(),
@@ -362,9 +362,8 @@ def _segment_numbers(segmentation: Segmentation) -> np.ndarray:
     return array.astype(dtype).reshape((-1, *array.shape[-2:]))
 
 
-def _segment_descriptions(segmentation: Segmentation, software: str) -> list[highdicom.seg.SegmentDescription]:
-    """One description per foreground class, numbered by label value."""
-    hd = _highdicom()
+def _segment_descriptions(hd: ModuleType, segmentation: Segmentation, software: str) -> list[highdicom.seg.SegmentDescription]:
+    """One description per foreground class, numbered by label value (``hd``: the highdicom module)."""
     card = segmentation.card
     algorithm = hd.AlgorithmIdentificationSequence(
         name=card.name,
