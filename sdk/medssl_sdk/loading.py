@@ -52,13 +52,12 @@ def load(
     if path.is_dir() and is_export_folder(path):
         if weights is not None:
             raise ValueError(f"{path} is an export folder; 'weights' applies to zoo names only")
-        return _load_export(path, ExportManifest.read(path), device, backend, precision)
+        return _load_export(path, device, backend, precision)
     network, card = _load_network(name_or_path, weights, cache_dir)
     if backend in (None, "torch"):
         resolved = pick_device(device)
         return Model(network.to(resolved).eval(), card, resolved)
-    folder = _cached_export(network, card)
-    return _load_export(folder, ExportManifest.read(folder), device, backend, precision)
+    return _load_export(_cached_export(network, card), device, backend, precision)
 
 
 def _load_network(
@@ -100,9 +99,8 @@ def _cached_export(network: nn.Module, card: ModelCard) -> Path:
         raise
 
 
-def _load_export(
-    folder: Path, manifest: ExportManifest, device: str | torch.device | None, backend: str | None, precision: str
-) -> Model:
+def _load_export(folder: Path, device: str | torch.device | None, backend: str | None, precision: str) -> Model:
+    manifest = ExportManifest.read(folder)
     backend = backend or ("tensorrt" if manifest.format == "tensorrt" else "onnxruntime")
     if backend == "torch":
         raise ExportError(
