@@ -160,15 +160,15 @@ class Model:
         """
         self._require_task("segment")
         volume = as_volume(image, spacing, series_uid, progress)
-        prepared = prepare(volume, self._input_spec(volume))
+        spec = self._input_spec(volume)
+        prepared = prepare(volume, spec)
         windows = self._windows(
-            prepared.tensor.ndim - 1, overlap, sw_batch_size, stitch_device, progress, low_memory, float(prepared.tensor.min())
+            spec.patch_size, overlap, sw_batch_size, stitch_device, progress, low_memory, float(prepared.tensor.min())
         )
         batch = prepared.tensor[None]
         with torch.inference_mode():
             if low_memory and prepared.tensor.shape[1:] == prepared.oriented.shape:
-                labels = sliding_window_argmax(batch, predictor=self._probabilities, **windows)[0].cpu().numpy()
-                labels = labels.astype(np.uint8 if len(self._class_names()) <= 256 else np.int16)
+                labels = sliding_window_argmax(batch, predictor=self._probabilities, **windows)[0].cpu().numpy()  # uint8 | int16
                 array = restore_orientation(labels, prepared.oriented, volume)
             else:
                 probabilities = sliding_window_inference(batch, predictor=self._probabilities, **windows)[0]
@@ -251,7 +251,7 @@ class Model:
 
     def _windows(
         self,
-        dims: int,
+        roi_size: tuple[int, ...],
         overlap: float,
         sw_batch_size: int,
         stitch_device: str | torch.device,
@@ -264,9 +264,8 @@ class Model:
         ``padding_value`` fills windows that reach past an image smaller than the patch: the image's
         minimum (air for CT, not the 0 that means water after normalisation).
         """
-        branch = f"{dims}d"
         return {
-            "roi_size": self.card.inputs[branch].patch_size,
+            "roi_size": roi_size,
             "overlap": overlap,
             "sw_batch_size": sw_batch_size,
             "mode": "gaussian",
