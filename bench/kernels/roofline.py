@@ -115,6 +115,37 @@ def correctness_header(shape_column: str, names: Sequence[str]) -> str:
     return f"| stage | {shape_column} | " + " | ".join(names) + " |\n|" + "---|" * (2 + len(names))
 
 
+def method_lines(grad_wrt: str, flop_count: str) -> list[str]:
+    """The report lines that say how methods were timed (``grad_wrt``: what ``autograd.grad`` differentiates)
+    and how ratios and rates read (``flop_count``: which FLOPs the rates count)."""
+    return [
+        "- times: median of triton.testing.do_bench (L2 flushed); forward under no_grad; "
+        f"fwd+bwd = forward + autograd.grad({grad_wrt})",
+        f"- ratios > 1: ours is faster. TB/s and TFLOP/s: ours, minimum traffic and {flop_count}, as % of the H200's "
+        f"4.8 TB/s and 989 TFLOP/s; ridge point {RIDGE_FLOPS_PER_BYTE:.0f} FLOP/byte",
+    ]
+
+
+def check_and_time(
+    shapes: Sequence[KernelShape],
+    dtype_name: str,
+    names: Sequence[str],
+    measure: Callable[[KernelShape, torch.dtype], tuple[str, Mapping[str, tuple[float, float]]]],
+) -> list[tuple[str, str, str]]:
+    """Per shape, ``measure`` (shape, dtype) -> (its :func:`correctness_row`, its :func:`time_methods` times),
+    which checks before it times, so a wrong kernel stops the run; the ``(correctness, forward,
+    forward + backward)`` rows for :func:`report`, each printed as it comes."""
+    size = element_size(dtype_name)
+    rows = []
+    torch.manual_seed(0)
+    for shape in shapes:
+        correctness, times = measure(shape, DTYPES[dtype_name])
+        forward, both = (timing_row(shape, times, size, with_backward) for with_backward in (False, True))
+        rows.append((correctness, forward, both))
+        print(f"errors (max abs / relative; {', '.join(names)}) {correctness}\nforward {forward}\nfwd+bwd {both}", flush=True)
+    return rows
+
+
 def timing_row(shape: KernelShape, times: Mapping[str, tuple[float, float]], element_size: int, with_backward: bool) -> str:
     ms = {name: pair[with_backward] for name, pair in times.items()}
     intensity = shape.intensity(element_size, with_backward)

@@ -213,30 +213,19 @@ def report_header(args: argparse.Namespace) -> str:
         "",
         *roofline.environment_lines(),
         f"- workloads: {workloads}; dtype {args.dtype}; q, k, v in MiT's strided layouts",
-        "- times: median of triton.testing.do_bench (L2 flushed); forward under no_grad; "
-        "fwd+bwd = forward + autograd.grad(q, k, v)",
-        "- ratios > 1: ours is faster. TB/s and TFLOP/s: ours, minimum traffic and FlashAttention FLOPs, as % of the H200's "
-        f"4.8 TB/s and 989 TFLOP/s; ridge point {roofline.RIDGE_FLOPS_PER_BYTE:.0f} FLOP/byte",
+        *roofline.method_lines("q, k, v", "FlashAttention FLOPs"),
     ])
 
 
 def run(args: argparse.Namespace, shapes: Sequence[AttentionShape]) -> str:
     """Check and time every shape; the markdown report."""
-    dtype = roofline.DTYPES[args.dtype]
-    element_size = roofline.element_size(args.dtype)
-    rows = []
-    torch.manual_seed(0)
-    for shape in shapes:
+
+    def measure(shape: AttentionShape, dtype: torch.dtype) -> tuple[str, dict[str, tuple[float, float]]]:
         inputs = model_layout_inputs(shape, dtype, "cuda")
         scale = shape.head_dim**-0.5
-        correctness = check_correctness(shape, inputs, scale)  # before timing: a wrong kernel stops the run
-        times = time_methods(inputs, scale)
-        rows.append((
-            correctness,
-            roofline.timing_row(shape, times, element_size, with_backward=False),
-            roofline.timing_row(shape, times, element_size, with_backward=True),
-        ))
-        print("errors (max abs / relative; out, dq, dk, dv) {}\nforward {}\nfwd+bwd {}".format(*rows[-1]), flush=True)
+        return check_correctness(shape, inputs, scale), time_methods(inputs, scale)
+
+    rows = roofline.check_and_time(shapes, args.dtype, NAMES, measure)
     return roofline.report(report_header(args), SHAPE_COLUMN, NAMES, args.dtype, rows)
 
 
