@@ -106,6 +106,10 @@ class _Items(Dataset):
             return self.transform(*values)
         return self.transform(*values, seed=item_seed(self.seed, self.epoch, index))
 
+    def _labelled(self, index: int, case: PreparedCase) -> Any:
+        """A labelled item: ``case`` itself without a transform, else ``transform(image, labels)``."""
+        return case if self.transform is None else self._transformed(index, case.image, case.labels)
+
     def _cached(self, key: str, make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         if self.cache_dir is None:
             return make()
@@ -304,8 +308,7 @@ class SegmentationFolder(_Items):
         return _ReadPairs(self.pairs)
 
     def __getitem__(self, index: int) -> Any:
-        case = self.case(index)
-        return case if self.transform is None else self._transformed(index, case.image, case.labels)
+        return self._labelled(index, self.case(index))
 
 
 class _ReadPairs(Sequence):
@@ -378,7 +381,32 @@ class ClassificationFolder(_Items):
         return self._transformed(index, self.image(index)), self.samples[index][1]
 
 
-class PhantomVolumes(_Items):
+class _Phantoms(_Items):
+    """Synthetic images of ``seeds`` pre-processed for the ``dims``-D ``spec``, drawn when an item is read."""
+
+    dims = 0
+
+    def __init__(
+        self, seeds: Sequence[int], spec: InputSpec, transform: Callable | None = None, *, labelled: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        _check_spec(spec, self.dims, type(self).__name__)
+        super().__init__(transform, seed, None)
+        self.seeds, self.spec, self.labelled = list(seeds), spec, labelled
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def case(self, index: int) -> PreparedCase:
+        """Item ``index`` pre-processed, before the transform."""
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> Any:
+        case = self.case(index)
+        return self._labelled(index, case) if self.labelled else self._transformed(index, case.image)
+
+
+class PhantomVolumes(_Phantoms):
     """Synthetic CT phantoms (``make_phantom``, each on its own jittered grid) pre-processed for the 3D ``spec``.
 
     Items: the transform's output, or the ``(C, D, H, W)`` tensor; with ``labelled`` a
@@ -386,46 +414,29 @@ class PhantomVolumes(_Items):
     an item is read (deterministic per phantom seed).
     """
 
-    def __init__(
-        self, seeds: Sequence[int], spec: InputSpec, transform: Callable | None = None, *, labelled: bool = False,
-        seed: int | None = None,
-    ) -> None:
-        _check_spec(spec, 3, "PhantomVolumes")
-        super().__init__(transform, seed, None)
-        self.seeds, self.spec, self.labelled = list(seeds), spec, labelled
+    dims = 3
 
-    def __len__(self) -> int:
-        return len(self.seeds)
-
-    def __getitem__(self, index: int) -> Any:
-        return _phantom_item(self, index, phantom_case(self.seeds[index], self.spec))
+    def case(self, index: int) -> PreparedCase:
+        return phantom_case(self.seeds[index], self.spec)
 
 
-class PhantomRadiographs(_Items):
+class PhantomRadiographs(_Phantoms):
     """Synthetic frontal radiographs (``make_radiograph`` of ``shape`` pixels) pre-processed for the 2D ``spec``.
 
     Items as :class:`PhantomVolumes`, ``(C, H, W)``.
     """
 
+    dims = 2
+
     def __init__(
         self, seeds: Sequence[int], spec: InputSpec, transform: Callable | None = None, *, labelled: bool = False,
         shape: Sequence[int] = (256, 256), seed: int | None = None,
     ) -> None:
-        _check_spec(spec, 2, "PhantomRadiographs")
-        super().__init__(transform, seed, None)
-        self.seeds, self.spec, self.labelled, self.shape = list(seeds), spec, labelled, tuple(shape)
+        super().__init__(seeds, spec, transform, labelled=labelled, seed=seed)
+        self.shape = tuple(shape)
 
-    def __len__(self) -> int:
-        return len(self.seeds)
-
-    def __getitem__(self, index: int) -> Any:
-        return _phantom_item(self, index, prepare_case(*make_radiograph(self.seeds[index], self.shape), self.spec))
-
-
-def _phantom_item(dataset: PhantomVolumes | PhantomRadiographs, index: int, case: PreparedCase) -> Any:
-    if not dataset.labelled:
-        return dataset._transformed(index, case.image)
-    return case if dataset.transform is None else dataset._transformed(index, case.image, case.labels)
+    def case(self, index: int) -> PreparedCase:
+        return prepare_case(*make_radiograph(self.seeds[index], self.shape), self.spec)
 
 
 def seed_worker(worker_id: int) -> None:
