@@ -35,7 +35,6 @@ class KernelShape(Protocol):
     def label(self) -> str: ...
     def flops(self, with_backward: bool) -> float: ...
     def bytes(self, element_size: int, with_backward: bool) -> float: ...
-    def intensity(self, element_size: int, with_backward: bool) -> float: ...
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +99,11 @@ def correctness_row(
     return f"| {shape.stage} | {shape.label()} | " + " | ".join(cells) + " |"
 
 
+def intensity(shape: KernelShape, element_size: int, with_backward: bool) -> float:
+    """FLOPs per byte of the shape's minimum traffic."""
+    return shape.flops(with_backward) / shape.bytes(element_size, with_backward)
+
+
 def bound(intensity: float) -> str:
     return "compute" if intensity >= RIDGE_FLOPS_PER_BYTE else "memory"
 
@@ -148,11 +152,11 @@ def check_and_time(
 
 def timing_row(shape: KernelShape, times: Mapping[str, tuple[float, float]], element_size: int, with_backward: bool) -> str:
     ms = {name: pair[with_backward] for name, pair in times.items()}
-    intensity = shape.intensity(element_size, with_backward)
+    flop_per_byte = intensity(shape, element_size, with_backward)
     bytes_per_s = shape.bytes(element_size, with_backward) / (ms["ours"] * 1e-3)
     flops_per_s = shape.flops(with_backward) / (ms["ours"] * 1e-3)
     return (
-        f"| {shape.stage} | {shape.label()} | {intensity:.0f} | {bound(intensity)} | {ms['eager']:.3f} | {ms['SDPA']:.3f} "
+        f"| {shape.stage} | {shape.label()} | {flop_per_byte:.0f} | {bound(flop_per_byte)} | {ms['eager']:.3f} | {ms['SDPA']:.3f} "
         f"| {ms['ours']:.3f} | {ms['eager'] / ms['ours']:.2f}x | {ms['SDPA'] / ms['ours']:.2f}x "
         f"| {bytes_per_s / 1e12:.2f} ({100 * bytes_per_s / H200_HBM_BYTES_PER_S:.0f}%) "
         f"| {flops_per_s / 1e12:.1f} ({100 * flops_per_s / H200_DENSE_FLOPS:.0f}%) |"
@@ -174,7 +178,7 @@ def shape_table(
         "|" + "---|" * (8 + bool(extra)),
     ]
     for shape in shapes:
-        forward, both = shape.intensity(element_size, False), shape.intensity(element_size, True)
+        forward, both = intensity(shape, element_size, False), intensity(shape, element_size, True)
         extra_cell = f" {extra[1](shape)} |" if extra else ""
         lines.append(
             f"| {shape.stage} | {shape.label()} |{extra_cell} {shape.flops(False) / 1e9:.1f} "

@@ -86,10 +86,6 @@ class AttentionShape:
         forward = element_size * self.batch * self.heads * self.head_dim * 2 * (self.num_queries + self.num_keys)
         return 2 * forward if with_backward else forward
 
-    def intensity(self, element_size: int, with_backward: bool) -> float:
-        """FLOPs per byte of the minimum traffic."""
-        return self.flops(with_backward) / self.bytes(element_size, with_backward)
-
     def label(self) -> str:
         return f"{self.batch}x{self.heads}x{self.num_queries}x{self.num_keys}x{self.head_dim}"
 

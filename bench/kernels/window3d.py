@@ -82,9 +82,6 @@ class WindowShape:
         forward = 4.0 * element_size * self.batch * self.heads * self.windows * self.tokens_per_window * self.head_dim
         return 2 * forward if with_backward else forward
 
-    def intensity(self, element_size: int, with_backward: bool) -> float:
-        return self.flops(with_backward) / self.bytes(element_size, with_backward)
-
     def label(self) -> str:
         return f"{self.batch}x{self.heads}x{'x'.join(map(str, self.grid))}x{self.head_dim} shift {max(self.shift)}"
 
