@@ -23,7 +23,7 @@ from medssl_sdk.model import Model
 from medssl_sdk.preprocess import prepare
 from medssl_sdk.runtimes.tensorrt_backend import check_engine_compatible
 from medssl_sdk.samples import make_phantom
-from medssl_zoo import ExportError, create, get_card, list_models, save_checkpoint
+from medssl_zoo import ExportError, ModelCard, create, get_card, list_models, save_checkpoint
 from medssl_zoo.export import export_signatures
 from medssl_zoo.registry import ARCHITECTURES, Architecture, build_model
 
@@ -71,6 +71,12 @@ def phantom_windows() -> torch.Tensor:
     tensor = prepare(image, get_card("phantom-mit-nano").inputs["3d"]).tensor
     corners = [(0, 0, 0), (4, 10, 6), (8, 24, 14)]
     return torch.stack([tensor[:, d : d + 32, h : h + 96, w : w + 96] for d, h, w in corners])
+
+
+def nano_2d_task_card(task: str, names: tuple[str, ...]) -> ModelCard:
+    """``nano_task_card`` with its 2D input branch only (one small graph to export)."""
+    card = nano_task_card(task, names)
+    return dataclasses.replace(card, inputs={"2d": card.inputs["2d"]})
 
 
 def test_export_folder_carries_the_card_and_a_checked_graph(nano) -> None:
@@ -154,8 +160,7 @@ def test_mit7_2d_and_3d_embeddings_through_onnxruntime(zoo_exports) -> None:
 
 
 def test_classify_through_onnxruntime_and_no_embeddings_from_a_task_graph(tmp_path: Path) -> None:
-    card = nano_task_card("classify", ("normal", "effusion", "nodule"))
-    card = type(card)(**{**card.__dict__, "inputs": {"2d": card.inputs["2d"]}})
+    card = nano_2d_task_card("classify", ("normal", "effusion", "nodule"))
     network = build_model(card).eval()
     exported = load(export_network(network, card, tmp_path / "classifier"))
     xray = np.random.default_rng(0).uniform(0, 1, size=(90, 80)).astype(np.float32)
@@ -194,8 +199,7 @@ def test_a_model_without_an_export_path_is_a_clear_error(monkeypatch: pytest.Mon
 
 
 def test_existing_folders_are_kept_and_only_exports_are_replaced(tmp_path: Path) -> None:
-    card = nano_task_card("segment", ("background", "liver"))
-    card = type(card)(**{**card.__dict__, "inputs": {"2d": card.inputs["2d"]}})
+    card = nano_2d_task_card("segment", ("background", "liver"))
     network = build_model(card).eval()
     checkpoint = tmp_path / "checkpoint"
     save_checkpoint(network, card, checkpoint)
@@ -216,8 +220,7 @@ def test_existing_folders_are_kept_and_only_exports_are_replaced(tmp_path: Path)
 
 def test_a_checkpoint_with_another_card_is_not_served_a_stale_cached_export(tmp_path: Path) -> None:
     """Same name and weights, other labels: the export cache must not hand back the first card."""
-    card = nano_task_card("segment", ("background", "liver"))
-    card = type(card)(**{**card.__dict__, "inputs": {"2d": card.inputs["2d"]}})
+    card = nano_2d_task_card("segment", ("background", "liver"))
     network = build_model(card).eval()
     checkpoint = tmp_path / "checkpoint"
     save_checkpoint(network, card, checkpoint)
@@ -231,8 +234,7 @@ def test_a_checkpoint_with_another_card_is_not_served_a_stale_cached_export(tmp_
 
 
 def test_model_export_shows_its_progress_bar_only_when_asked(tmp_path: Path, capsys) -> None:
-    card = nano_task_card("segment", ("background", "liver"))
-    card = type(card)(**{**card.__dict__, "inputs": {"2d": card.inputs["2d"]}})
+    card = nano_2d_task_card("segment", ("background", "liver"))
     model = Model(build_model(card).eval(), card)
     model.export(tmp_path / "quiet")
     assert f"export {card.name}" not in capsys.readouterr().err
@@ -241,8 +243,7 @@ def test_model_export_shows_its_progress_bar_only_when_asked(tmp_path: Path, cap
 
 
 def test_a_changed_graph_file_is_refused(tmp_path: Path) -> None:
-    card = nano_task_card("segment", ("background", "liver"))
-    card = type(card)(**{**card.__dict__, "inputs": {"2d": card.inputs["2d"]}})
+    card = nano_2d_task_card("segment", ("background", "liver"))
     folder = export_network(build_model(card).eval(), card, tmp_path / "export")
     graph = folder / "model-2d.onnx"
     graph.write_bytes(graph.read_bytes()[:-1] + b"\0")
