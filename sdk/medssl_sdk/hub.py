@@ -192,7 +192,7 @@ def model_card_text(card: ModelCard, directory: Path, repo_id: str, revision: st
     """README.md for the Hub: YAML front matter then a description of the model, its training and its use."""
     from huggingface_hub import ModelCardData
 
-    task = str(card.kwargs.get("task", "embed"))
+    task = card.task
     record = _training_record(directory)
     scores = training_scores(directory)
     licence_id = _hub_licence(card.licence)

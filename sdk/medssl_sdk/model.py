@@ -123,7 +123,7 @@ class Model:
     @property
     def task(self) -> str:
         """``"segment"``, ``"classify"`` or ``"embed"``: what the network's forward gives."""
-        return str(self.card.kwargs.get("task", "embed"))
+        return self.card.task
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Run the network on a prepared batch ``(N, C, *patch)`` in inference mode; float32 output on ``device``."""

@@ -105,6 +105,11 @@ class ModelCard:
         """The input dimensionalities the model takes, e.g. (2, 3)."""
         return tuple(int(key[0]) for key in BRANCHES if key in self.inputs)
 
+    @property
+    def task(self) -> str:
+        """What the network's forward gives: ``"segment"``, ``"classify"`` or ``"embed"`` (no ``task`` kwarg)."""
+        return str(self.kwargs.get("task", "embed"))
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict in the card-file layout, read back by :meth:`from_dict` (None values dropped)."""
         data = _drop_none(asdict(self))

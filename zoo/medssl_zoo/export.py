@@ -65,7 +65,7 @@ def export_signatures(card: ModelCard, branches: tuple[str, ...] | None = None) 
     unknown = [branch for branch in wanted if branch not in card.inputs]
     if unknown or not wanted:
         raise ExportError(f"model {card.name!r} takes {', '.join(card.inputs)} input; cannot export branch(es) {unknown or wanted}")
-    task = str(card.kwargs.get("task", "embed"))
+    task = card.task
     if task not in OUTPUT_NAMES:
         raise ExportError(f"model {card.name!r}: task {task!r} has no exported output; known tasks: {', '.join(OUTPUT_NAMES)}")
     return {
