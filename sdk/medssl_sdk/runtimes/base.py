@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 import torch
 
 from medssl_zoo import ExportError
+from medssl_zoo.weights import sha256_of
 
 if TYPE_CHECKING:
     from medssl_sdk.export import ExportManifest
@@ -42,6 +43,16 @@ def run_in_chunks(batch: torch.Tensor, max_batch: int, run: Callable[[torch.Tens
     if batch.shape[0] <= max_batch:
         return run(batch)
     return torch.cat([run(chunk) for chunk in batch.split(max_batch)])
+
+
+def check_export_file(file: Path, sha256: str) -> None:
+    """Raise :class:`ExportError` unless ``file`` (a graph or engine of an export folder) exists and hashes to the
+    ``sha256`` its ``config.json`` records."""
+    if not file.is_file():
+        raise ExportError(f"{file}: missing; the export folder is incomplete (re-export the model)")
+    actual = sha256_of(file)
+    if actual != sha256:
+        raise ExportError(f"{file}: sha256 {actual} differs from the export's config.json ({sha256}); the file was changed")
 
 
 class ExportedRuntime:

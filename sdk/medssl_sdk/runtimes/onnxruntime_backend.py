@@ -12,9 +12,8 @@ import numpy as np
 import torch
 
 from medssl_sdk.export import ExportManifest, GraphEntry
-from medssl_sdk.runtimes.base import ExportedRuntime
+from medssl_sdk.runtimes.base import ExportedRuntime, check_export_file
 from medssl_zoo import ExportError
-from medssl_zoo.weights import sha256_of
 
 #: GPU providers in order of preference.
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -69,7 +68,7 @@ class OnnxRuntimeRuntime(ExportedRuntime):
         self._sessions = {}
         for branch, graph in manifest.graphs.items():
             file = Path(directory) / graph.file
-            _check_graph_file(file, graph)
+            check_export_file(file, graph.sha256)
             self._sessions[branch] = open_session(file, providers, device.index or 0, threads)
 
     @property
@@ -100,11 +99,3 @@ class OnnxRuntimeRuntime(ExportedRuntime):
         session.run_with_iobinding(binding)
         binding.synchronize_outputs()  # the output is written before torch reads it (whatever the run options)
         return output
-
-
-def _check_graph_file(file: Path, graph: GraphEntry) -> None:
-    if not file.is_file():
-        raise ExportError(f"{file}: missing; the export folder is incomplete (re-export the model)")
-    actual = sha256_of(file)
-    if actual != graph.sha256:
-        raise ExportError(f"{file}: sha256 {actual} differs from the export's config.json ({graph.sha256}); the file was changed")

@@ -22,7 +22,7 @@ import torch
 
 from medssl_sdk.cache import cache_root
 from medssl_sdk.export import EngineEntry, ExportManifest, GraphEntry
-from medssl_sdk.runtimes.base import ExportedRuntime, run_in_chunks
+from medssl_sdk.runtimes.base import ExportedRuntime, check_export_file, run_in_chunks
 from medssl_zoo import ExportError
 from medssl_zoo.files import write_atomically
 from medssl_zoo.weights import sha256_of
@@ -168,10 +168,7 @@ class TensorRTRuntime(ExportedRuntime):
                 entry = manifest.engines[branch]
                 engine_file = Path(directory) / entry.file
                 check_engine_compatible(entry, gpu, tensorrt_version, engine_file)
-                if not engine_file.is_file():
-                    raise ExportError(f"{engine_file}: missing; the export folder is incomplete (re-export the model)")
-                if sha256_of(engine_file) != entry.sha256:
-                    raise ExportError(f"{engine_file}: sha256 differs from the export's config.json; the engine was changed")
+                check_export_file(engine_file, entry.sha256)
             else:
                 engine_file, entry = cached_engine(Path(directory) / graph.file, graph, precision, manifest.max_batch, device)
             with torch.cuda.device(device):  # the engine's weights and the context's scratch memory go to this device
