@@ -36,6 +36,7 @@ from medssl_sdk.loading import load
 from medssl_sdk.model import Model, as_volume
 from medssl_sdk.overlay import render_overlay
 from medssl_sdk.runtimes import BACKENDS
+from medssl_sdk.volume import Volume
 from medssl_zoo import MedsslError, get_card, list_models
 from medssl_zoo.card import BRANCHES
 from medssl_zoo.files import write_atomically
@@ -51,6 +52,11 @@ def _say(args: argparse.Namespace, *message: object) -> None:
 
 def _load(args: argparse.Namespace) -> Model:
     return load(args.model, device=args.device, weights=args.weights, backend=args.backend)
+
+
+def _read_input(args: argparse.Namespace) -> Volume:
+    """The input image (``--series`` picks a series of a DICOM folder; a progress bar unless ``--quiet``)."""
+    return as_volume(args.input, series_uid=args.series, progress=not args.quiet)
 
 
 def _check_output(path: Path, args: argparse.Namespace, suffixes: tuple[str, ...]) -> Path:
@@ -69,7 +75,7 @@ def _segment(args: argparse.Namespace) -> None:
         )
     if args.overlay is not None:
         _check_output(args.overlay, args, (".png",))
-    volume = as_volume(args.input, series_uid=args.series, progress=not args.quiet)
+    volume = _read_input(args)
     if args.overlay is not None and volume.ndim != 3:
         raise ValueError(f"{args.input}: --overlay draws 3D volumes; this input is a 2D image")
     model = _load(args)
@@ -96,7 +102,7 @@ def _segment(args: argparse.Namespace) -> None:
 
 
 def _classify(args: argparse.Namespace) -> None:
-    probabilities = _load(args).classify(as_volume(args.input, series_uid=args.series, progress=not args.quiet))
+    probabilities = _load(args).classify(_read_input(args))
     if args.json:
         print(json.dumps(probabilities, indent=2))
         return
@@ -106,7 +112,7 @@ def _classify(args: argparse.Namespace) -> None:
 
 def _embed(args: argparse.Namespace) -> None:
     output = _check_output(args.output, args, (".npy",))
-    embedding = _load(args).embed(as_volume(args.input, series_uid=args.series, progress=not args.quiet)).numpy()
+    embedding = _load(args).embed(_read_input(args)).numpy()
 
     def write(temporary: Path) -> None:
         with open(temporary, "wb") as stream:
