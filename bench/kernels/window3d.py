@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from medssl_kernels.window_attention import (
-    relative_position_index,
+    relative_position_bias,
     shift_mask,
     window_attention_3d_reference,
     window_attention_3d_triton,
@@ -104,8 +104,7 @@ def sdpa_window_attention(q, k, v, table, window_size, shift_size, scale) -> tor
     shifted = any(shift_size)
     q, k, v = (torch.roll(t, tuple(-s for s in shift_size), dims=(2, 3, 4)) if shifted else t for t in (q, k, v))
     q, k, v = (window_partition(t, window_size).flatten(1, 2) for t in (q, k, v))  # (B, heads * windows, N, head_dim)
-    bias = table[relative_position_index(window_size).to(q.device).view(-1)].view(tokens, tokens, heads).permute(2, 0, 1)
-    mask = bias.unsqueeze(1)  # (heads, 1, N, N)
+    mask = relative_position_bias(table, window_size, tokens).unsqueeze(1)  # (heads, 1, N, N)
     if shifted:
         mask = mask + shift_mask((depth, height, width), window_size, shift_size, q.device)
     mask = mask.expand(heads, q.shape[1] // heads, tokens, tokens).reshape(1, q.shape[1], tokens, tokens)

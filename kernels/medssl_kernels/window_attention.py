@@ -75,8 +75,8 @@ def window_attention_3d_reference(
         q, k, v = (torch.roll(t, tuple(-s for s in shift_size), dims=(2, 3, 4)) for t in (q, k, v))
     q, k, v = (window_partition(t, window_size) for t in (q, k, v))  # (B, heads, windows, N, head_dim)
     tokens = q.shape[3]
-    bias = relative_position_bias_table[_sliced_index(index_window, tokens).to(q.device).reshape(-1)]
-    attn = (q * scale) @ k.transpose(-2, -1) + bias.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(1)
+    bias = relative_position_bias(relative_position_bias_table, index_window, tokens)
+    attn = (q * scale) @ k.transpose(-2, -1) + bias.unsqueeze(1)
     if shifted:
         attn = attn + shift_mask(grid, window_size, shift_size, q.device)
     out = attn.softmax(dim=-1).to(v.dtype) @ v
@@ -121,6 +121,14 @@ def _relative_position_index(window_size: tuple[int, int, int]) -> np.ndarray:
     index = ((relative[0] * (2 * wh - 1) + relative[1]) * (2 * ww - 1) + relative[2]).astype(np.int64)
     index.setflags(write=False)
     return index
+
+
+def relative_position_bias(table: torch.Tensor, index_window: Sequence[int], tokens: int) -> torch.Tensor:
+    """The (heads, tokens, tokens) bias of a window of ``tokens`` tokens gathered from the table
+    ((2id-1)(2ih-1)(2iw-1), heads) by the index window's relative position index (its first ``tokens`` rows and
+    columns, MONAI's rule)."""
+    bias = table[_sliced_index(tuple(index_window), tokens).to(table.device).reshape(-1)]
+    return bias.view(tokens, tokens, -1).permute(2, 0, 1)
 
 
 def _sliced_index(index_window: tuple[int, int, int], tokens: int) -> torch.Tensor:
