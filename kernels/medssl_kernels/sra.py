@@ -53,16 +53,12 @@ def sra_attention(
 ) -> torch.Tensor:
     """SRA attention as the models call it; shapes as :func:`sra_attention_reference`.
 
-    Runs :func:`sra_attention_triton` when :func:`use_triton` says so, else the reference.
+    Runs :func:`sra_attention_triton` when the shared dispatch rule (:mod:`medssl_kernels.dispatch`) says so,
+    else the reference.
     """
-    if use_triton(q, k, v):
+    if dispatch.use_triton("SRA", _triton_problem(q, k, v), q.device):
         return sra_attention_triton(q, k, v, scale)
     return sra_attention_reference(q, k, v, scale)
-
-
-def use_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """The shared dispatch rule (:mod:`medssl_kernels.dispatch`) applied to these tensors."""
-    return dispatch.use_triton("SRA", _triton_problem(q, k, v), q.device)
 
 
 def _triton_problem(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str | None:
